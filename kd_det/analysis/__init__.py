@@ -1,0 +1,1 @@
+"""Analysis helpers behind tools/analysis/: training curves, feature-similarity maps."""

@@ -1,0 +1,1 @@
+"""Data for the embedded demo: a synthetic COCO-format shape dataset."""

@@ -1,0 +1,54 @@
+"""Turn a distillation checkpoint into a plain mmdet checkpoint of its student."""
+import os
+import os.path as osp
+import tempfile
+from typing import Dict
+
+import torch
+
+from .checkpoint import CheckpointError, safe_load
+
+STUDENT_PREFIX = 'student.'
+
+
+def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int]:
+    """Write the student's weights of distillation checkpoint ``src`` to ``dst``.
+
+    The result has mmdet's layout (``state_dict`` without the ``student.``
+    prefix, ``meta`` kept, so ``dataset_meta`` still names the classes) and no
+    optimizer, connector or loss-head state. The write is atomic (a temporary
+    file renamed into place).
+
+    Returns:
+        counts of the student tensors kept and of the other tensors dropped.
+
+    Raises:
+        FileExistsError: ``dst`` exists and ``overwrite`` is False.
+        CheckpointError: ``src`` holds no ``student.*`` weights.
+    """
+    if osp.exists(dst) and not overwrite:
+        raise FileExistsError(f'{dst!r} exists; refusing to overwrite it '
+                              '(pass --force / overwrite=True)')
+    checkpoint = safe_load(src, map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{src!r} holds no state_dict')
+    student = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()
+               if k.startswith(STUDENT_PREFIX)}
+    if not student:
+        raise CheckpointError(
+            f'{src!r} has no {STUDENT_PREFIX!r} weights: not a kd_det distillation '
+            f'checkpoint (its keys start with {sorted({k.split(".")[0] for k in state})[:5]})')
+    meta = dict(checkpoint.get('meta', {}))
+    meta['kd_det_exported_from'] = osp.abspath(src)
+    out_dir = osp.dirname(osp.abspath(dst))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
+    os.close(fd)
+    try:
+        torch.save({'state_dict': student, 'meta': meta}, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return {'kept': len(student), 'dropped': len(state) - len(student)}

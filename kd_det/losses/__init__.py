@@ -1,0 +1,8 @@
+"""Distillation losses; importing this module registers them in mmdet's MODELS registry."""
+from .cwd import CWDLoss, cwd_loss  # noqa: F401
+from .feature_mse import FeatureMSELoss, feature_mse_loss  # noqa: F401
+from .pkd import PKDLoss, pkd_loss  # noqa: F401
+from .rcka import RCKALoss, rcka_loss  # noqa: F401
+from .rrd import RRDLoss  # noqa: F401
+from .ssim import SSIMLoss, ssim_loss  # noqa: F401
+from .unikd import UniKDLoss, gaussian_kl, sampled_softmax_kl  # noqa: F401

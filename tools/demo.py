@@ -1,0 +1,254 @@
+"""The embedded demo: distil a small detector from a bigger one on a CPU, and measure it.
+
+    python tools/demo.py                 # ~15 min on 2 cores: baseline, SSIM, RCKA
+    python tools/demo.py --quick         # ~2 min smoke run (what the tests run)
+    python tools/demo.py --seeds 3       # every student over 3 seeds: mean +- std
+    python tools/demo.py --methods baseline ssim rcka mse pkd
+
+Steps, all real: generate the synthetic shapes dataset (kd_det/demo/synthetic_coco.py),
+take the teacher (the checkpoint shipped in checkpoints/, or train one with
+``--teacher train``), evaluate it, train the student alone and with each distillation
+method under identical schedules and seeds (``tools/train.py``, up to ``--jobs`` at
+once, one CPU thread each), evaluate each with COCO mAP (mmdet's CocoMetric), and write
+``results.json``, ``results.md``, ``ap_chart.png`` and ``loss_curves.png`` into the work
+dir. Finished runs are reused when the demo is run again with the same settings.
+"""
+import argparse
+import glob
+import hashlib
+import json
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Dict, List, Optional
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from kd_det.analysis.curves import load_scalars, plot_curves  # noqa: E402
+from kd_det.demo import report  # noqa: E402
+from kd_det.demo.synthetic_coco import generate_dataset  # noqa: E402
+
+CONFIGS = osp.join(REPO, 'configs', 'demo')
+TEACHER_CONFIG = osp.join(CONFIGS, 'faster-rcnn_r34-half_fpn_shapes.py')
+SHIPPED_TEACHER = osp.join(REPO, 'checkpoints', 'demo_teacher_r34-half_shapes.pth')
+METHOD_CONFIGS = {
+    'baseline': 'faster-rcnn_r18-tiny_fpn_shapes.py',
+    'ssim': 'ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'rcka': 'rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+}
+DATA = dict(full=dict(num_train=600, num_val=150, image_size=(192, 192)),
+            quick=dict(num_train=32, num_val=16, image_size=(192, 192)))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--work-dir', help='default: work_dirs/kd_det_demo[_quick]')
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke run: 32 train images, 1 epoch, teacher trained 1 epoch')
+    parser.add_argument('--methods', nargs='+', default=['baseline', 'ssim', 'rcka'],
+                        choices=sorted(METHOD_CONFIGS), help='students to train')
+    parser.add_argument('--seeds', type=int, default=1, help='seeds per student (0..N-1)')
+    parser.add_argument('--epochs', type=int, help='student epochs (default: the config\'s)')
+    parser.add_argument('--teacher', default=None,
+                        help="teacher checkpoint, or 'train' (default: the shipped one; "
+                        "'train' with --quick)")
+    parser.add_argument('--teacher-epochs', type=int,
+                        help='epochs when training the teacher (default: its config\'s)')
+    parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
+                        help='training runs at once (each gets cpu_count / jobs threads)')
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f'--seeds {args.seeds}: expected >= 1')
+    if args.jobs < 1:
+        parser.error(f'--jobs {args.jobs}: expected >= 1')
+    if 'baseline' not in args.methods:
+        args.methods.insert(0, 'baseline')
+    if args.quick:
+        args.epochs = args.epochs or 1
+        args.teacher_epochs = args.teacher_epochs or 1
+        args.teacher = args.teacher or 'train'
+    args.teacher = args.teacher or SHIPPED_TEACHER
+    if args.teacher != 'train' and not osp.isfile(args.teacher):
+        parser.error(f'teacher checkpoint {args.teacher!r} not found; pass --teacher train '
+                     'to train one')
+    args.work_dir = args.work_dir or osp.join(
+        'work_dirs', 'kd_det_demo_quick' if args.quick else 'kd_det_demo')
+    return args
+
+
+# ------------------------------------------------------------------ runs
+class Run:
+    """One tools/train.py or tools/test.py job with its own work dir."""
+
+    def __init__(self, name: str, argv: List[str], work_dir: str) -> None:
+        self.name, self.argv, self.work_dir = name, argv, work_dir
+        self.key = hashlib.sha1(json.dumps(argv).encode()).hexdigest()[:12]
+        self.result_file = osp.join(work_dir, 'demo_result.json')
+        self.result: Optional[dict] = None
+        if osp.isfile(self.result_file):
+            with open(self.result_file) as f:
+                cached = json.load(f)
+            if cached.get('key') == self.key:
+                self.result = cached
+
+    def start(self, threads: int) -> subprocess.Popen:
+        os.makedirs(self.work_dir, exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+        self.log_path = osp.join(self.work_dir, 'demo_stdout.log')
+        self.started = time.time()
+        self.proc = subprocess.Popen([sys.executable, *self.argv], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.tail: deque = deque(maxlen=40)
+        self.reader = threading.Thread(target=self._follow, daemon=True)
+        self.reader.start()
+        return self.proc
+
+    def _follow(self) -> None:
+        with open(self.log_path, 'w') as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                self.tail.append(line)
+                if 'Epoch(' in line or 'teacher check' in line:
+                    print(f'[{self.name}] {line.split(" - ")[-1].strip()[:150]}', flush=True)
+
+    def finish(self) -> dict:
+        self.reader.join()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f'{self.name} failed (exit {self.proc.returncode}); log: '
+                               f'{self.log_path}\n' + ''.join(self.tail))
+        self.result = dict(key=self.key, time=time.time() - self.started,
+                           metrics=self._metrics(), work_dir=self.work_dir)
+        with open(self.result_file, 'w') as f:
+            json.dump(self.result, f, indent=2)
+        return self.result
+
+    def _metrics(self) -> Dict[str, float]:
+        if self.argv[0].endswith('test.py'):  # tools/test.py: <ts>/<ts>.json
+            files = sorted(glob.glob(osp.join(self.work_dir, '*', '[0-9]*_[0-9]*.json')))
+            with open(files[-1]) as f:
+                metrics = json.load(f)
+        else:
+            metrics = load_scalars(self.work_dir)['val'][-1]
+        return {k: v for k, v in metrics.items() if k.startswith('coco/')}
+
+
+def run_all(runs: List[Run], jobs: int) -> None:
+    """Run the unfinished ``runs``, ``jobs`` at a time; report each as it ends."""
+    todo = [r for r in runs if r.result is None]
+    for r in runs:
+        if r.result is not None:
+            print(f'[{r.name}] reusing finished run in {r.work_dir}')
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    active: List[Run] = []
+    while todo or active:
+        while todo and len(active) < jobs:
+            run = todo.pop(0)
+            print(f'[{run.name}] starting: python {" ".join(run.argv[:2])} ...', flush=True)
+            run.start(threads)
+            active.append(run)
+        time.sleep(1)
+        for run in [r for r in active if r.proc.poll() is not None]:
+            active.remove(run)
+            result = run.finish()
+            print(f'[{run.name}] done in {result["time"]:.0f} s: AP '
+                  f'{100 * result["metrics"]["coco/bbox_mAP"]:.1f}', flush=True)
+
+
+def data_options(root: str) -> List[str]:
+    return [f'{loader}.dataset.data_root={root}/'
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')] + [
+        f'{ev}.ann_file={root}/annotations/instances_val.json'
+        for ev in ('val_evaluator', 'test_evaluator')]
+
+
+def epoch_options(epochs: Optional[int]) -> List[str]:
+    if epochs is None:
+        return []
+    return [f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
+            f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}']
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work_dir = osp.abspath(args.work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    t0 = time.time()
+
+    data = generate_dataset(osp.join(work_dir, 'data'),
+                            **DATA['quick' if args.quick else 'full'], seed=0)
+    root = data['root']
+    print(f'[data] {"reused" if data["reused"] else "generated"} {root}: '
+          f'{data["num_train_images"]} train / {data["num_val_images"]} val images, '
+          f'{len(data["classes"])} classes', flush=True)
+    common = data_options(root)
+
+    if args.teacher == 'train':
+        teacher_run = Run('teacher', ['tools/train.py', TEACHER_CONFIG, '--work-dir',
+                                      osp.join(work_dir, 'teacher'), '--cfg-options',
+                                      *common, *epoch_options(args.teacher_epochs)],
+                          osp.join(work_dir, 'teacher'))
+        run_all([teacher_run], 1)
+        teacher_ckpt = sorted(glob.glob(osp.join(work_dir, 'teacher', 'epoch_*.pth')),
+                              key=osp.getmtime)[-1]
+    else:
+        teacher_ckpt = osp.abspath(args.teacher)
+        teacher_run = Run('teacher', ['tools/test.py', TEACHER_CONFIG, teacher_ckpt,
+                                      '--work-dir', osp.join(work_dir, 'teacher_eval'),
+                                      '--cfg-options', *common],
+                          osp.join(work_dir, 'teacher_eval'))
+        run_all([teacher_run], 1)
+    teacher = dict(metrics=teacher_run.result['metrics'], checkpoint=teacher_ckpt,
+                   time=teacher_run.result['time'] if args.teacher == 'train' else None)
+
+    runs: Dict[str, List[Run]] = {m: [] for m in args.methods}
+    for seed in range(args.seeds):
+        for method in args.methods:
+            options = [*common, *epoch_options(args.epochs), f'randomness.seed={seed}']
+            if method != 'baseline':
+                options.append(f'model.teacher_ckpt={teacher_ckpt}')
+            run_dir = osp.join(work_dir, 'runs', f'{method}_seed{seed}')
+            runs[method].append(Run(f'{method} seed {seed}', [
+                'tools/train.py', osp.join(CONFIGS, METHOD_CONFIGS[method]),
+                '--work-dir', run_dir, '--cfg-options', *options], run_dir))
+    run_all([r for seed_runs in zip(*runs.values()) for r in seed_runs], args.jobs)
+
+    results = {m: [dict(seed=i, **r.result) for i, r in enumerate(rs)]
+               for m, rs in runs.items()}
+    summary = report.summarise(results, teacher)
+    rows = report.table_rows(summary, teacher)
+    machine = f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}'
+    title = (f'kd_det demo: COCO box AP on {data["num_val_images"]} val images, '
+             f'{args.seeds} seed(s), {machine}')
+    print('\n' + title + '\n' + report.format_text(rows))
+    for method, row in summary.items():
+        if method != 'baseline' and args.seeds > 1:
+            margin = row['gain'] / max(summary['baseline']['AP']['std'], 1e-9)
+            print(f'{method}: {row["gain"]:+.2f} AP over the baseline = {margin:.1f} baseline '
+                  f'standard deviations')
+    report.write_json(osp.join(work_dir, 'results.json'), dict(
+        title=title, teacher=teacher, runs=results, summary=summary, table=rows,
+        argv=sys.argv[1:] if argv is None else list(argv), machine=machine,
+        wall_time_s=time.time() - t0))
+    with open(osp.join(work_dir, 'results.md'), 'w') as f:
+        f.write(f'{title}\n\n{report.format_markdown(rows)}\n')
+    report.plot_ap_chart(summary, teacher, osp.join(work_dir, 'ap_chart.png'), title=(
+        f'AP per method ({args.seeds} seed(s))'))
+    plot_curves({m: rs[0].work_dir for m, rs in runs.items()},
+                osp.join(work_dir, 'loss_curves.png'), title='seed 0 runs')
+    print(f'\nwrote {work_dir}/results.json, results.md, ap_chart.png, loss_curves.png '
+          f'({time.time() - t0:.0f} s in all)')
+    return summary
+
+
+if __name__ == '__main__':
+    main()
