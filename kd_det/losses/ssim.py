@@ -1,6 +1,6 @@
 """SSIM feature-distillation loss (de Rijk et al., NeurIPS 2022, arXiv 2211.13133)."""
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -56,21 +56,54 @@ def _blur_matrix(size: int, window_size: int, sigma: float, padding: str,
     return matrix.to(device=device, dtype=dtype)
 
 
+def _blur_matrices(height: int, width: int, window_size: int, sigma: float, padding: str,
+                   like: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    return tuple(_blur_matrix(size, window_size, sigma, padding, like.device, like.dtype)
+                 for size in (height, width))
+
+
 def gaussian_blur(maps: Tensor, window_size: int = 11, sigma: float = 1.5,
                   padding: str = 'same') -> Tensor:
     """Separable Gaussian blur of ``maps`` (..., H, W) -> (..., H', W').
 
-    Each 1-D pass is one matrix product with a banded matrix (reflect padding folded in), which
-    on CPU is several times faster than a depthwise convolution over the same maps.
+    Each 1-D pass is one product with a banded matrix (reflect padding folded in), which on CPU
+    is several times faster than a depthwise convolution over the same maps.
     """
-    height, width = maps.shape[-2:]
-    blur_w = _blur_matrix(width, window_size, sigma, padding, maps.device, maps.dtype)
-    blur_h = _blur_matrix(height, window_size, sigma, padding, maps.device, maps.dtype)
+    blur_h, blur_w = _blur_matrices(*maps.shape[-2:], window_size, sigma, padding, maps)
     if blur_w is not None:
         maps = maps @ blur_w
     if blur_h is not None:
         maps = blur_h.mT @ maps
     return maps
+
+
+def _gaussian_blur_adjoint(maps: Tensor, height: int, width: int, window_size: int,
+                           sigma: float, padding: str) -> Tensor:
+    """Adjoint of :func:`gaussian_blur` for inputs of size (height, width): (..., H', W') ->
+    (..., H, W)."""
+    blur_h, blur_w = _blur_matrices(height, width, window_size, sigma, padding, maps)
+    if blur_w is not None:
+        maps = maps @ blur_w.mT
+    if blur_h is not None:
+        maps = blur_h @ maps
+    return maps
+
+
+def _ssim_terms(x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float, c2: float,
+                padding: str) -> Tuple[Tensor, ...]:
+    """Local statistics of SSIM = (lum_num * cs_num) / (lum_den * cs_den).
+
+    Returns mu_x, mu_y, lum_num = 2 mu_x mu_y + C1, lum_den = mu_x^2 + mu_y^2 + C1,
+    cs_num = 2 sigma_xy + C2, cs_den = sigma_x^2 + sigma_y^2 + C2.
+    """
+    # one blur over the five maps: the means, second moments and the cross moment
+    mu_x, mu_y, e_xx, e_yy, e_xy = gaussian_blur(
+        torch.stack([x, y, x * x, y * y, x * y]), window_size, sigma, padding)
+    mu_xy = mu_x * mu_y
+    mu_sq = mu_x * mu_x + mu_y * mu_y
+    cs_num = 2 * (e_xy - mu_xy) + c2
+    cs_den = e_xx + e_yy - mu_sq + c2
+    return mu_x, mu_y, 2 * mu_xy + c1, mu_sq + c1, cs_num, cs_den
 
 
 def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
@@ -82,18 +115,44 @@ def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
     ``padding='same'`` reflect-pads (as kornia.metrics.ssim) and returns (N, C, H, W); a side
     shorter than the window is reflected repeatedly, so the window is never shrunk.
     ``padding='valid'`` returns (N, C, H - w + 1, W - w + 1) and, like pytorch_msssim, does not
-    blur along a side shorter than the window.
+    blur along a side shorter than the window (that side keeps its size).
     """
-    c1 = (k1 * data_range)**2
-    c2 = (k2 * data_range)**2
-    # one blur over the five maps: means, second moments and the cross moment
-    mu_x, mu_y, e_xx, e_yy, e_xy = gaussian_blur(
-        torch.stack([x, y, x * x, y * y, x * y]), window_size, sigma, padding)
-    mu_xy = mu_x * mu_y
-    mu_sq = mu_x * mu_x + mu_y * mu_y
-    luminance = (2 * mu_xy + c1) / (mu_sq + c1)
-    contrast_structure = (2 * (e_xy - mu_xy) + c2) / (e_xx + e_yy - mu_sq + c2)
-    return luminance * contrast_structure
+    _, _, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
+        x, y, window_size, sigma, (k1 * data_range)**2, (k2 * data_range)**2, padding)
+    return (lum_num * cs_num) / (lum_den * cs_den)
+
+
+class _MeanSSIM(torch.autograd.Function):
+    """mean(ssim_map(x, y)) with an analytic backward for x; y is a constant.
+
+    Saves three maps instead of autograd's graph of the formula, and its backward blurs three
+    maps (with the transposed blur matrices) instead of five.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float,
+                c2: float, padding: str) -> Tensor:
+        mu_x, mu_y, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
+            x, y, window_size, sigma, c1, c2, padding)
+        inv_den = (lum_den * cs_den).reciprocal_()
+        ssim = lum_num * cs_num * inv_den
+        if ctx.needs_input_grad[0]:
+            # dS/d mu_x, dS/d E[x^2], dS/d E[xy], divided by the number of SSIM values
+            scale = 2 / ssim.numel()
+            d_mu = (mu_y * (cs_num - lum_num) * inv_den
+                    + mu_x * ssim * (cs_den.reciprocal() - lum_den.reciprocal())) * scale
+            d_xx = ssim / cs_den * (-scale / 2)
+            d_xy = lum_num * inv_den * scale
+            ctx.save_for_backward(x, y, torch.stack([d_mu, d_xx, d_xy]))
+            ctx.blur = (window_size, sigma, padding)
+        return ssim.mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, y, d_stats = ctx.saved_tensors
+        g_mu, g_xx, g_xy = _gaussian_blur_adjoint(d_stats, *x.shape[-2:], *ctx.blur)
+        grad_x = (g_mu + 2 * x * g_xx + y * g_xy) * grad
+        return grad_x, None, None, None, None, None, None
 
 
 def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6) -> Tensor:
@@ -113,13 +172,14 @@ def ssim_loss(student: Tensor, teacher: Tensor, window_size: int = 11, sigma: fl
     """Mean of (1 - SSIM) / 2 between ``student`` and ``teacher`` features (N, C, H, W).
 
     With ``normalize`` set both are min-max normalised first (see :func:`minmax_normalize`);
-    with ``normalize=None`` they must already lie in [0, 1].
+    with ``normalize=None`` they must already lie in [0, 1]. The teacher is a constant: no
+    gradient flows to it.
     """
     if normalize is not None:
         student = minmax_normalize(student, normalize, eps)
         teacher = minmax_normalize(teacher, normalize, eps)
-    ssim = ssim_map(student, teacher, window_size, sigma, k1, k2, padding)
-    return 0.5 * (1 - ssim.mean())
+    mean_ssim = _MeanSSIM.apply(student, teacher, window_size, sigma, k1**2, k2**2, padding)
+    return 0.5 * (1 - mean_ssim)
 
 
 @MODELS.register_module()

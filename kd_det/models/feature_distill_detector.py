@@ -11,6 +11,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
 from mmengine.config import Config, ConfigDict
+from mmengine.hub import get_config
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
@@ -246,14 +247,18 @@ def _check_choice(name: str, value, choices: Sequence) -> None:
         raise ValueError(f'{name}={value!r} is not one of {list(choices)}')
 
 
+def load_config(path: str) -> Config:
+    """``Config.fromfile`` that also takes ``mmdet::faster_rcnn/...`` package paths."""
+    try:
+        return get_config(path) if '::' in path else Config.fromfile(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(f'teacher_config {path!r}: {err}') from None
+
+
 def _teacher_model_cfg(teacher_config: Union[str, dict, Config]) -> ConfigDict:
     """The teacher's model config from a config path, a full config or a model dict."""
     if isinstance(teacher_config, str):
-        try:
-            teacher_config = Config.fromfile(teacher_config)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f'teacher_config {teacher_config!r} not found: {err}') from None
+        teacher_config = load_config(teacher_config)
     cfg = ConfigDict(copy.deepcopy(dict(teacher_config)))
     model = cfg.get('model', cfg)
     if 'type' not in model:

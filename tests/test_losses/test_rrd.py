@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.structures import InstanceData
 
 from kd_det.losses.rrd import RRDLoss, gather_variable_rows, map_boxes_to_levels
@@ -149,6 +150,8 @@ def test_instance_vectors_pool_the_assigned_level_of_the_right_image():
                           for i in range(3)]) for lvl in range(3)]
     samples = _samples([[[0., 0., 200., 200.], [8., 8., 24., 24.]], [],
                         [[4., 4., 124., 124.], [0., 0., 250., 250.]]])
+    # The pipeline's box type (HorizontalBoxes) works as well as a tensor.
+    samples[2].gt_instances.bboxes = HorizontalBoxes(samples[2].gt_instances.bboxes)
     student, teacher = loss._instance_vectors(feats, feats, samples)
     # Levels 1, 0 of image 0, then levels 1, 2 of image 2 (image 1 has no boxes).
     expected = torch.tensor([10., 0., 12., 22.])

@@ -76,7 +76,7 @@ def test_zero_for_identical_branches_and_features(divergence):
     assert loss(feats, _feats(2, 4, (8, 4, 2), seed=1)).item() > 0
 
 
-def test_loss_is_mean_kl_of_predicted_gaussians():
+def test_loss_is_mean_kl_per_dimension_of_predicted_gaussians():
     loss = _small_loss(loss_weight=3.0)
     s, t = _feats(2, 4, (8, 4, 2), seed=0), _feats(2, 6, (8, 4, 2), seed=1)
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_loss_is_mean_kl_of_predicted_gaussians():
         mu_t, lv_t = loss.teacher_predictor(loss.teacher_fusion(t))
     expected = kl_divergence(Independent(Normal(mu_t, (0.5 * lv_t).exp()), 1),
                              Independent(Normal(mu_s, (0.5 * lv_s).exp()), 1)).mean()
-    assert torch.allclose(loss(s, t), 3.0 * expected, rtol=1e-5)
+    assert torch.allclose(loss(s, t), 3.0 * expected / 5, rtol=1e-5)  # per dimension
 
 
 @pytest.mark.parametrize('divergence', ['gaussian', 'sampled'])
@@ -113,8 +113,8 @@ def test_cannot_collapse(one_thread):
         mu_t, lv_t = loss.teacher_predictor(loss.teacher_fusion(t))
     mean = mu_t.mean(0)
     var = (lv_t.exp() + mu_t**2).mean(0) - mean**2
-    bound = gaussian_kl(mu_t, lv_t, mean.expand_as(mu_t), var.log().expand_as(lv_t)).mean()
-    assert bound > 0.1
+    bound = gaussian_kl(mu_t, lv_t, mean.expand_as(mu_t), var.log().expand_as(lv_t)).mean() / 5
+    assert bound > 0.05
     optim = torch.optim.Adam(loss.parameters(), lr=0.1)
     for _ in range(50):
         optim.zero_grad()
@@ -135,6 +135,25 @@ def test_learns_when_student_sees_teacher_features(one_thread):
         loss(t, t).backward()
         optim.step()
     assert loss(t, t).item() < 0.5 * first
+
+
+def test_sgd_at_detector_learning_rate_is_stable(one_thread):
+    """mmdet's SGD (lr 0.02, momentum 0.9), student and teacher features of different
+    scales: the per-dimension KL decreases steadily (the summed KL overshoots here)."""
+    torch.manual_seed(0)
+    loss = UniKDLoss(in_channels=64, teacher_channels=64, num_levels=3, fused_channels=64,
+                     embed_dim=128)
+    s = [3 * x for x in _feats(2, 64, (8, 4, 2), seed=0)]
+    t = [0.1 * x for x in _feats(2, 64, (8, 4, 2), seed=1)]
+    optim = torch.optim.SGD(loss.parameters(), lr=0.02, momentum=0.9)
+    first = loss(s, t).item()
+    for _ in range(100):
+        optim.zero_grad()
+        value = loss(s, t)
+        value.backward()
+        optim.step()
+        assert value.item() <= first * 1.001
+    assert loss(s, t).item() < 0.05 * first
 
 
 def test_float32_under_bf16_autocast():

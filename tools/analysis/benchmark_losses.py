@@ -195,7 +195,7 @@ def main() -> None:
         inputs = sum(level_bytes[:run.levels])
         memory_cols = (f'{extra / 2**20:22.1f} {extra / inputs:9.2f}' if extra is not None
                        else f'{"n/a":>22s} {"n/a":>9s}')
-        print(f'{name:34s} {ms:9.1f} {ms / mse_ms:7.2f} {memory_cols}')
+        print(f'{name:34s} {ms:9.1f} {ms / mse_ms:7.2f} {memory_cols}', flush=True)
 
     with torch.no_grad():
         fast = per_level(RCKALoss(10.0, inter_weight=10.0), PCKA_LEVELS)(students, teachers)

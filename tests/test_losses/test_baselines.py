@@ -1,0 +1,80 @@
+"""FeatureMSELoss, PKDLoss and CWDLoss against their definitions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd_det.losses.cwd import CWDLoss, cwd_loss
+from kd_det.losses.feature_mse import FeatureMSELoss, feature_mse_loss
+from kd_det.losses.pkd import PKDLoss, pkd_loss
+
+SHAPE = (2, 3, 5, 7)
+
+
+def pair(dtype=torch.float32):
+    teacher = torch.randn(SHAPE, dtype=dtype)
+    return teacher + torch.randn(SHAPE, dtype=dtype), teacher
+
+
+def test_feature_mse_matches_definition():
+    student, teacher = pair()
+    expected = sum(float(s - t)**2 for s, t in zip(student.flatten(), teacher.flatten()))
+    torch.testing.assert_close(FeatureMSELoss(2.0)(student, teacher).item(),
+                               2.0 * expected / student.numel(), rtol=1e-5, atol=0)
+
+
+def test_pkd_matches_mmrazor_definition():
+    """MMRazor: per channel over (N, H, W), (x - mean) / (std + 1e-6), std unbiased; MSE / 2."""
+    student, teacher = pair()
+
+    def standardise(x):
+        out = torch.empty_like(x)
+        for c in range(x.shape[1]):
+            values = x[:, c]
+            out[:, c] = (values - values.mean()) / (values.std() + 1e-6)
+        return out
+
+    expected = ((standardise(student) - standardise(teacher))**2).mean() / 2
+    torch.testing.assert_close(PKDLoss(6.0)(student, teacher), 6.0 * expected)
+
+
+@pytest.mark.parametrize('tau', [1.0, 4.0])
+def test_cwd_matches_kl_definition(tau):
+    """Sum over (N, C) of KL(softmax(t / tau) || softmax(s / tau)) over H * W, * tau^2 / (N C)."""
+    student, teacher = pair()
+    n, c = SHAPE[:2]
+    expected = 0
+    for i in range(n):
+        for j in range(c):
+            log_p_s = F.log_softmax(student[i, j].flatten() / tau, 0)
+            p_t = F.softmax(teacher[i, j].flatten() / tau, 0)
+            expected = expected + F.kl_div(log_p_s, p_t, reduction='sum')
+    expected = expected * tau**2 / (n * c)
+    torch.testing.assert_close(CWDLoss(10.0, tau=tau)(student, teacher), 10.0 * expected)
+
+
+@pytest.mark.parametrize('function', [feature_mse_loss, pkd_loss, cwd_loss])
+def test_gradcheck(function):
+    student, teacher = pair(torch.float64)
+    student.requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: function(s, teacher), (student,))
+
+
+@pytest.mark.parametrize('loss', [FeatureMSELoss(), PKDLoss(), CWDLoss()])
+def test_identical_inputs_zero_and_monotone(loss):
+    teacher = torch.randn(SHAPE)
+    noise = torch.randn(SHAPE)
+    values = [loss(teacher + a * noise, teacher).item() for a in (2.0, 1.0, 0.5, 0.0)]
+    assert values == sorted(values, reverse=True)
+    assert abs(values[-1]) < 1e-6
+
+
+def test_pkd_is_invariant_to_per_channel_affine_changes():
+    student, teacher = pair()
+    scale, shift = torch.rand(1, 3, 1, 1) + 0.5, torch.randn(1, 3, 1, 1)
+    torch.testing.assert_close(pkd_loss(student * scale + shift, teacher),
+                               pkd_loss(student, teacher), rtol=1e-4, atol=1e-5)
+
+
+def test_cwd_invalid_tau():
+    with pytest.raises(ValueError, match='tau'):
+        CWDLoss(tau=0)

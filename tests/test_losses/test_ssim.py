@@ -1,0 +1,127 @@
+"""SSIMLoss against kornia ('same') and pytorch_msssim ('valid'), plus its properties."""
+import warnings
+
+import kornia
+import numpy as np
+import pytest
+import pytorch_msssim
+import torch
+import torch.nn.functional as F
+
+from kd_det.losses.ssim import SSIMLoss, gaussian_blur, gaussian_window, ssim_loss, ssim_map
+
+
+def structured_pair(n, c, h, w):
+    """Ramps, a checkerboard, a blob and a constant patch in [0, 1], and a distorted copy."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing='ij')
+    maps = [xx, yy, ((torch.arange(h)[:, None] // 2 + torch.arange(w) // 2) % 2).float(),
+            torch.exp(-((xx - 0.4)**2 + (yy - 0.6)**2) / 0.05)]
+    x = torch.stack([maps[i % len(maps)] for i in range(n * c)]).reshape(n, c, h, w).clone()
+    x[..., : h // 3, : w // 3] = 0.5
+    y = (0.8 * x + 0.1 + 0.1 * torch.sin(7 * xx + 3 * yy)).clamp(0, 1)
+    return x, y
+
+
+def random_pair(n, c, h, w):
+    x = torch.rand(n, c, h, w)
+    return x, (x + 0.3 * torch.rand(n, c, h, w)).clamp(0, 1)
+
+
+# The map comparisons run in float64: on the structured maps (a 0/1 checkerboard next to a
+# constant patch) sigma^2 = E[x^2] - mu^2 cancels, and float32 kornia itself is 2e-4 off.
+
+
+PAIRS = [random_pair, structured_pair]
+
+
+@pytest.mark.parametrize('make_pair', PAIRS)
+@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 4, 13, 21), (2, 2, 6, 9)])
+def test_same_matches_kornia(make_pair, shape):
+    x, y = make_pair(*shape)
+    expected = kornia.metrics.ssim(x.double(), y.double(), 11, max_val=1.0, padding='same')
+    torch.testing.assert_close(ssim_map(x.double(), y.double()), expected, rtol=0, atol=1e-5)
+    # the module computes in float32
+    loss = SSIMLoss(normalize=None)(x, y)
+    expected_loss = kornia.losses.ssim_loss(x.double(), y.double(), 11, max_val=1.0)
+    torch.testing.assert_close(loss.double(), expected_loss, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('make_pair', PAIRS)
+@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 2, 13, 21), (2, 2, 8, 30), (1, 2, 5, 7)])
+def test_valid_matches_pytorch_msssim(make_pair, shape):
+    """Per-channel SSIM ('valid', data_range 1); sides shorter than 11 are not blurred."""
+    x, y = make_pair(*shape)
+    x, y = x.double(), y.double()
+    n, c, h, w = shape
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # pytorch_msssim warns when it skips a side
+        expected = pytorch_msssim.ssim(x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w),
+                                       data_range=1.0, size_average=False,
+                                       nonnegative_ssim=False).reshape(n, c)
+    torch.testing.assert_close(ssim_map(x, y, padding='valid').mean((2, 3)), expected,
+                               rtol=0, atol=1e-5)
+    loss = SSIMLoss(padding='valid', normalize=None)(x.float(), y.float())
+    torch.testing.assert_close(loss.double(), (1 - expected.mean()) / 2, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(1, 1), (2, 3), (3, 5), (5, 4)])
+def test_same_small_sides_reflect_repeatedly(size):
+    """Levels smaller than the window: the full window over the repeated reflection (numpy's
+    'reflect' padding), computed directly as a 2-D correlation in float64."""
+    h, w = size
+    x = torch.rand(1, 1, h, w, dtype=torch.float64)
+    padded = torch.from_numpy(np.pad(x[0, 0].numpy(), 5, mode='reflect'))
+    window = gaussian_window(11, 1.5)
+    expected = F.conv2d(padded[None, None], (window[:, None] * window)[None, None])
+    torch.testing.assert_close(gaussian_blur(x), expected)
+
+
+def test_loss_equals_mean_of_map_and_matches_kornia_after_normalisation():
+    student, teacher = 3 * torch.randn(2, 3, 16, 20), torch.randn(2, 3, 16, 20) - 1
+    loss = SSIMLoss(normalize='channel')(student, teacher)
+
+    def normalise(x):
+        low = x.amin((2, 3), keepdim=True)
+        return (x - low) / (x.amax((2, 3), keepdim=True) - low + 1e-6)
+
+    expected = kornia.losses.ssim_loss(normalise(student), normalise(teacher), 11)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('normalize', ['channel', 'image', 'level'])
+def test_normalisation_granularity(normalize):
+    """Each granularity normalises over its own dims: an affine change per unit is invisible."""
+    teacher = torch.randn(2, 3, 12, 12)
+    student = teacher + 0.5 * torch.randn(2, 3, 12, 12)
+    dims = {'channel': (2, 3, 1, 1), 'image': (2, 1, 1, 1), 'level': (1, 1, 1, 1)}[normalize]
+    scale = torch.rand(dims) + 0.5
+    loss = SSIMLoss(normalize=normalize)
+    torch.testing.assert_close(loss(student * scale + 2, teacher), loss(student, teacher),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+def test_identical_inputs_zero_and_monotone(padding):
+    teacher = torch.randn(2, 4, 20, 24)
+    noise = torch.randn_like(teacher)
+    loss = SSIMLoss(padding=padding)
+    values = [loss(teacher + a * noise, teacher).item() for a in (2.0, 1.0, 0.5, 0.1, 0.0)]
+    assert values == sorted(values, reverse=True)
+    assert abs(values[-1]) < 1e-6
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('normalize', ['channel', None])
+@pytest.mark.parametrize('shape', [(1, 2, 7, 9), (2, 1, 12, 13), (1, 1, 3, 2)])
+def test_gradcheck(padding, normalize, shape):
+    student = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    teacher = torch.rand(*shape, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda s: ssim_loss(s, teacher, padding=padding, normalize=normalize), (student,))
+
+
+def test_invalid_arguments():
+    for kwargs in (dict(window_size=4), dict(sigma=0), dict(padding='reflect'),
+                   dict(normalize='batch')):
+        with pytest.raises(ValueError):
+            SSIMLoss(**kwargs)
