@@ -41,14 +41,39 @@ def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int
             f'checkpoint (its keys start with {sorted({k.split(".")[0] for k in state})[:5]})')
     meta = dict(checkpoint.get('meta', {}))
     meta['kd_det_exported_from'] = osp.abspath(src)
+    _atomic_save({'state_dict': student, 'meta': meta}, dst)
+    return {'kept': len(student), 'dropped': len(state) - len(student)}
+
+
+def publish_checkpoint(src: str, dst: str, half: bool = False,
+                       overwrite: bool = False) -> Dict[str, int]:
+    """Keep only the weights and ``meta['dataset_meta']`` of ``src`` (as mmdet's
+    ``publish_model``), optionally storing floating-point tensors in float16.
+
+    Returns:
+        the number of tensors kept and the bytes written.
+    """
+    if osp.exists(dst) and not overwrite:
+        raise FileExistsError(f'{dst!r} exists; refusing to overwrite it')
+    checkpoint = safe_load(src, map_location='cpu')
+    state = checkpoint.get('state_dict', checkpoint)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    meta = {'dataset_meta': checkpoint.get('meta', {}).get('dataset_meta'),
+            'published_from': osp.basename(src), 'float16': half}
+    _atomic_save({'state_dict': state, 'meta': meta}, dst)
+    return {'tensors': len(state), 'bytes': osp.getsize(dst)}
+
+
+def _atomic_save(obj: dict, dst: str) -> None:
+    """``torch.save`` to a temporary file beside ``dst``, then rename it into place."""
     out_dir = osp.dirname(osp.abspath(dst))
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
     os.close(fd)
     try:
-        torch.save({'state_dict': student, 'meta': meta}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, dst)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
-    return {'kept': len(student), 'dropped': len(state) - len(student)}

@@ -3,7 +3,7 @@
     python tools/demo.py                 # ~15 min on 2 cores: baseline, SSIM, RCKA
     python tools/demo.py --quick         # ~2 min smoke run (what the tests run)
     python tools/demo.py --seeds 3       # every student over 3 seeds: mean +- std
-    python tools/demo.py --methods baseline ssim rcka mse pkd
+    python tools/demo.py --methods baseline ssim rcka mse pkd rrd unikd
 
 Steps, all real: generate the synthetic shapes dataset (kd_det/demo/synthetic_coco.py),
 take the teacher (the checkpoint shipped in checkpoints/, or train one with
@@ -43,6 +43,8 @@ METHOD_CONFIGS = {
     'rcka': 'rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'rrd': 'rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'unikd': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
 }
 DATA = dict(full=dict(num_train=600, num_val=150, image_size=(192, 192)),
             quick=dict(num_train=32, num_val=16, image_size=(192, 192)))
@@ -220,7 +222,10 @@ def main(argv=None) -> dict:
             runs[method].append(Run(f'{method} seed {seed}', [
                 'tools/train.py', osp.join(CONFIGS, METHOD_CONFIGS[method]),
                 '--work-dir', run_dir, '--cfg-options', *options], run_dir))
-    run_all([r for seed_runs in zip(*runs.values()) for r in seed_runs], args.jobs)
+    # distillation runs cost more per step than the baseline: start them first so the
+    # parallel slots finish together
+    order = [r for m in args.methods if m != 'baseline' for r in runs[m]] + runs['baseline']
+    run_all(order, args.jobs)
 
     results = {m: [dict(seed=i, **r.result) for i, r in enumerate(rs)]
                for m, rs in runs.items()}

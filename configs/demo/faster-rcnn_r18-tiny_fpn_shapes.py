@@ -8,7 +8,7 @@ custom_imports = dict(imports=['kd_det'], allow_failed_imports=False)
 classes = ('circle', 'ring', 'square', 'triangle', 'hexagon', 'star', 'cross')
 image_size = (192, 192)
 data_root = 'data/kd_det_shapes/'
-max_epochs = 12
+max_epochs = 6
 
 model = dict(
     backbone=dict(

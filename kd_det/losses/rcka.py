@@ -19,19 +19,25 @@ _TINY = 1e-30  # floor of squared norms, keeps rsqrt finite on all-zero inputs
 _EPS = 1e-12  # floor of the squared CKA denominator (inputs are rescaled to unit norm first)
 
 
-def _unit_scale(x: Tensor) -> Tensor:
-    """Scale each (n, d) matrix of ``x`` (..., n, d) to unit Frobenius norm.
+def _inverse_norm(gram: Tensor) -> Tensor:
+    """1 / ||x||_F = 1 / sqrt(tr(x x^T)) from Gram matrices (..., n, n), detached, (..., 1, 1).
 
-    CKA is scale invariant, so this changes neither its value nor its gradient (the factor is
-    detached); it keeps the fourth powers below in float32 range and makes the eps scale-free.
+    CKA is scale invariant, so rescaling x to unit norm changes neither its value nor its
+    gradient (hence the detach); it keeps the fourth powers below in float32 range and makes the
+    eps scale-free.
     """
-    sq_norm = x.pow(2).sum((-2, -1), keepdim=True)
-    return x * sq_norm.clamp_min(_TINY).rsqrt().detach()
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return trace.clamp_min(_TINY).rsqrt().detach()[..., None, None]
 
 
 def _cosine(h_xy: Tensor, h_xx: Tensor, h_yy: Tensor) -> Tensor:
     """<K, L> / (||K|| ||L||) from the three Frobenius products, finite when a Gram is zero."""
     return h_xy * (h_xx * h_yy).clamp_min(_EPS).rsqrt()
+
+
+def _frobenius(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b>_F of matrices (..., n, m) -> (...), as one batched product (no temporaries)."""
+    return (a.flatten(-2)[..., None, :] @ b.flatten(-2)[..., :, None])[..., 0, 0]
 
 
 def _center_gram(gram: Tensor) -> Tensor:
@@ -50,8 +56,8 @@ def gram_cka(gram_x: Tensor, gram_y: Tensor, with_l2_norm: bool = False) -> Tens
     """Linear CKA <K, L>_F / (||K||_F ||L||_F) of Gram matrices (..., n, n) -> (...)."""
     if with_l2_norm:
         gram_x, gram_y = _row_normalize_gram(gram_x), _row_normalize_gram(gram_y)
-    return _cosine((gram_x * gram_y).sum((-2, -1)),
-                   gram_x.pow(2).sum((-2, -1)), gram_y.pow(2).sum((-2, -1)))
+    return _cosine(_frobenius(gram_x, gram_y), _frobenius(gram_x, gram_x),
+                   _frobenius(gram_y, gram_y))
 
 
 def cka_terms(x: Tensor, y: Tensor, centered: bool = False, with_l2_norm: bool = False,
@@ -69,8 +75,9 @@ def cka_terms(x: Tensor, y: Tensor, centered: bool = False, with_l2_norm: bool =
     with_l2_norm: the official row normalisation, row i of each Gram divided by the norm of
     sample i (after centring). Returns intra (...) and inter (...) or None.
     """
-    x, y = _unit_scale(x), _unit_scale(y)
     gram_x, gram_y = x @ x.mT, y @ y.mT
+    inv_x, inv_y = _inverse_norm(gram_x), _inverse_norm(gram_y)
+    gram_x, gram_y = gram_x * inv_x.square(), gram_y * inv_y.square()  # of x / ||x||_F
     if centered:
         intra = gram_cka(_center_gram(gram_x), _center_gram(gram_y), with_l2_norm)
     else:
@@ -78,26 +85,27 @@ def cka_terms(x: Tensor, y: Tensor, centered: bool = False, with_l2_norm: bool =
     if not inter:
         return intra, None
 
-    cross = x @ y.mT
+    cross = (x @ y.mT) * (inv_x * inv_y)
     if centered:
         dim = x.shape[-1]
-        sum_x, sum_y = x.sum(-1, keepdim=True), y.sum(-1, keepdim=True)
+        sum_x, sum_y = x.sum(-1, keepdim=True) * inv_x, y.sum(-1, keepdim=True) * inv_y
         gram_x = gram_x - sum_x * sum_x.mT / dim
         gram_y = gram_y - sum_y * sum_y.mT / dim
         cross = cross - sum_x * sum_y.mT / dim
     if with_l2_norm:
         # sum_ij a_i b_i (x_i.x_j)(y_i.y_j) = <x diag(a b) y^T, x y^T> over columns i, j
+        x, y = x * inv_x, y * inv_y
         if centered:
             x, y = x - x.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
-        inv_x = x.pow(2).sum(-2, keepdim=True).clamp_min(_TINY).rsqrt()
-        inv_y = y.pow(2).sum(-2, keepdim=True).clamp_min(_TINY).rsqrt()
-        h_xy = (cross * ((x * (inv_x * inv_y)) @ y.mT)).sum((-2, -1))
-        h_xx = (gram_x * ((x * inv_x.pow(2)) @ x.mT)).sum((-2, -1))
-        h_yy = (gram_y * ((y * inv_y.pow(2)) @ y.mT)).sum((-2, -1))
+        col_x = x.pow(2).sum(-2, keepdim=True).clamp_min(_TINY).rsqrt()
+        col_y = y.pow(2).sum(-2, keepdim=True).clamp_min(_TINY).rsqrt()
+        h_xy = _frobenius(cross, (x * (col_x * col_y)) @ y.mT)
+        h_xx = _frobenius(gram_x, (x * col_x.pow(2)) @ x.mT)
+        h_yy = _frobenius(gram_y, (y * col_y.pow(2)) @ y.mT)
     else:
-        h_xy = cross.pow(2).sum((-2, -1))
-        h_xx = gram_x.pow(2).sum((-2, -1))
-        h_yy = gram_y.pow(2).sum((-2, -1))
+        h_xy = _frobenius(cross, cross)
+        h_xx = _frobenius(gram_x, gram_x)
+        h_yy = _frobenius(gram_y, gram_y)
     return intra, _cosine(h_xy, h_xx, h_yy)
 
 

@@ -1,0 +1,375 @@
+"""Benchmark the overhead of a distillation training step.
+
+    python tools/analysis/benchmark_distill.py [CONFIG] [--size H W] [--batch N]
+        [--repeats R] [--warmup W] [--device cpu|cuda] [--threads T] [--amp]
+        [--teacher-ckpt PATH] [--profile N]
+
+CONFIG is a distillation config path or one of the shortcuts ``ssim`` (default),
+``rcka``, ``ssim+rcka`` (the Faster R-CNN R-101 -> R-50 COCO configs).
+
+On the same synthetic batches (random images, a few random boxes each, already
+through the data preprocessor) and interleaved a, b, c, a, b, c, ... after
+warm-up, it times:
+
+(a) student: the student built from ``model.student`` alone, one training step
+    (loss + backward + optimizer step, as mmengine's ``train_step`` minus data
+    preprocessing);
+(b) teacher: the teacher's backbone + neck (or backbone, per the detector's
+    ``feature_source``) in eval mode under ``no_grad``;
+(c) distill: the FeatureDistillDetector's training step.
+
+c cannot cost less than a + b, so c / (a + b) - 1 is the overhead kd_det adds.
+The optimizers come from the config's ``optim_wrapper`` with the learning rate
+set to 0: every update is computed but the weights, hence the proposals and the
+work of each step, stay fixed. Student (a) starts from the distillation
+student's weights and each phase reseeds torch identically, so (a) and (c)
+sample the same proposals.
+
+Peak memory of a phase = the tensors its models keep (parameters, buffers,
+optimizer state) + the peak growth over the memory in use when the phase
+starts, measured in a separate pass after timing. CUDA: growth of
+``max_memory_allocated``. CPU: growth of the process's peak RSS (VmHWM, reset
+per phase through /proc/self/clear_refs), with glibc's mmap threshold lowered
+to 64 KiB and free heap trimmed first so that RSS follows the live tensors.
+Gradients are freed after each step (``zero_grad``), so they count as growth.
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import os.path as osp
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+import kd_det  # noqa: F401  (registers kd_det's modules)
+from kd_det.models.feature_distill_detector import _teacher_model_cfg
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SHORTCUTS = {
+    'ssim': 'configs/ssim/ssim_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
+    'rcka': 'configs/rcka/rcka_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
+    'ssim+rcka': 'configs/ssim_rcka/ssim-rcka_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
+}
+PHASES = ('student', 'teacher', 'distill')
+DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1),
+                cuda=dict(size=(800, 1333), batch=2, threads=None))
+MIB = 2**20
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+Batch = Tuple[Tensor, List[DetDataSample], Tensor]  # inputs, samples, teacher inputs
+
+
+def resolve_config(config: str) -> str:
+    """A shortcut's config path (relative to the repo), or ``config`` itself."""
+    return osp.join(REPO, SHORTCUTS[config]) if config in SHORTCUTS else config
+
+
+def save_random_teacher(model_cfg: Config, directory: str) -> str:
+    """Build the teacher with random weights, save its checkpoint, return the path."""
+    teacher = MODELS.build(_teacher_model_cfg(model_cfg.teacher_config))
+    path = osp.join(directory, 'random_teacher.pth')
+    torch.save({'state_dict': teacher.state_dict()}, path)
+    return path
+
+
+def _num_classes(cfg) -> int:
+    """The first non-zero ``num_classes`` in a (nested) model config, else 0."""
+    if isinstance(cfg, dict):
+        if 'num_classes' in cfg:
+            return cfg['num_classes']
+        values = cfg.values()
+    elif isinstance(cfg, (list, tuple)):
+        values = cfg
+    else:
+        return 0
+    return next((n for n in map(_num_classes, values) if n), 0)
+
+
+def synthetic_batches(model: nn.Module, num: int, batch: int, size: Tuple[int, int],
+                      num_classes: int, seed: int = 0) -> List[Batch]:
+    """``num`` batches of random images with 1-5 random boxes each, preprocessed once."""
+    gen = torch.Generator().manual_seed(seed)
+    height, width = size
+    extent = torch.tensor([width, height, width, height], dtype=torch.float32)
+    batches = []
+    for _ in range(num):
+        images, samples = [], []
+        for _ in range(batch):
+            images.append(torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                                        generator=gen))
+            boxes = torch.rand(int(torch.randint(1, 6, (), generator=gen)), 4, generator=gen)
+            corner, side = boxes[:, :2] * 0.7, 0.05 + boxes[:, 2:] * 0.25
+            sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size,
+                                                 scale_factor=(1.0, 1.0)))
+            sample.gt_instances = InstanceData(
+                bboxes=torch.cat([corner, corner + side], 1) * extent,
+                labels=torch.randint(0, num_classes, (len(boxes), ), generator=gen))
+            samples.append(sample)
+        data = model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
+        with torch.no_grad():
+            teacher_inputs = model.teacher_inputs(data['inputs'])
+        batches.append((data['inputs'], data['data_samples'], teacher_inputs))
+    return batches
+
+
+def _optim_wrapper(cfg: Config, model: nn.Module, amp: bool) -> OptimWrapper:
+    """The config's optim wrapper with lr 0 (AmpOptimWrapper with ``amp``)."""
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    optim_cfg.optimizer.lr = 0.0
+    if amp:
+        optim_cfg.type = 'AmpOptimWrapper'
+    return build_optim_wrapper(model, optim_cfg)
+
+
+def _train_step(model: nn.Module, wrapper: OptimWrapper) -> Callable[[Batch], None]:
+    def step(batch: Batch) -> None:
+        inputs, samples, _ = batch
+        with wrapper.optim_context(model):
+            losses = model.loss(inputs, samples)
+        loss, _ = model.parse_losses(losses)
+        wrapper.update_params(loss)
+    return step
+
+
+def _teacher_step(teacher: nn.Module, backbone_only: bool, amp: bool,
+                  device: str) -> Callable[[Batch], None]:
+    def step(batch: Batch) -> None:
+        autocast = torch.autocast(device, dtype=torch.float16) if amp else nullcontext()
+        with torch.no_grad(), autocast:
+            inputs = batch[2]
+            teacher.backbone(inputs) if backbone_only else teacher.extract_feat(inputs)
+    return step
+
+
+def _resident_bytes(modules: Sequence[nn.Module], wrapper: Optional[OptimWrapper]) -> int:
+    """Bytes of the parameters and buffers of ``modules`` and the optimizer's state."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    if wrapper is not None:
+        tensors += [v for state in wrapper.optimizer.state.values() for v in state.values()
+                    if isinstance(v, Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class PeakMemory:
+    """Peak memory growth of a block of work: CUDA max allocated, or peak RSS on CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith('cuda')
+        if not self.cuda:
+            self.libc = ctypes.CDLL(None)
+            self.libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+
+    def _status(self, key: str) -> int:
+        with open('/proc/self/status') as f:
+            line = next(line for line in f if line.startswith(key + ':'))
+        return int(line.split()[1]) * 1024
+
+    def measure(self, work: Callable[[], None]) -> int:
+        """Bytes in use at the peak of ``work`` beyond those in use before it."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            work()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - start
+        self.libc.malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # reset VmHWM to the current RSS
+        start = self._status('VmRSS')
+        work()
+        return self._status('VmHWM') - start
+
+
+def device_name(device: str, threads: Optional[int], amp: bool) -> str:
+    """A readable name of the device the benchmark ran on."""
+    if device.startswith('cuda'):
+        return torch.cuda.get_device_name(device) + (' AMP' if amp else '')
+    name = platform.processor() or platform.machine()
+    if osp.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            name = next((line.split(':', 1)[1].strip() for line in f
+                         if line.startswith('model name')), name)
+    return f'{name}, {threads or torch.get_num_threads()} thread(s)'
+
+
+def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warmup: int,
+              device: str = 'cpu', threads: Optional[int] = None, amp: bool = False,
+              teacher_ckpt: Optional[str] = None, profile: int = 0) -> dict:
+    """Time phases (a) student, (b) teacher, (c) distill and measure their peak memory.
+
+    Returns a dict with ``config``, ``device``, ``size``, ``batch``, ``repeats``, ``warmup``,
+    ``times`` (seconds per repeat of each phase), ``median``, ``ratio`` = c / (a + b),
+    ``peak_mib`` per phase, ``memory_ratio`` = peak c / (peak a + peak b) and ``profile``
+    (the ``--profile`` table of a distillation step, or None).
+    """
+    if amp and not device.startswith('cuda'):
+        raise ValueError('--amp needs a CUDA device')
+    if threads:
+        torch.set_num_threads(threads)
+    register_all_modules()
+    cfg = Config.fromfile(config)
+    if cfg.model.get('type') != 'FeatureDistillDetector':
+        raise ValueError(f'{config} is not a FeatureDistillDetector config')
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.model.teacher_ckpt = teacher_ckpt or save_random_teacher(cfg.model, tmp)
+        model = MODELS.build(cfg.model)
+    student = MODELS.build(cfg.model.student)
+    student.load_state_dict(model.student.state_dict())
+    model.to(device).train()
+    student.to(device).train()
+    student_wrapper = _optim_wrapper(cfg, student, amp)
+    distill_wrapper = _optim_wrapper(cfg, model, amp)
+    steps = dict(student=_train_step(student, student_wrapper),
+                 teacher=_teacher_step(model.teacher, model.feature_source == 'backbone',
+                                       amp, device),
+                 distill=_train_step(model, distill_wrapper))
+    batches = synthetic_batches(model, warmup + repeats, batch, size,
+                                _num_classes(cfg.model.student) or 80)
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+
+    def run(phase: str, index: int) -> None:
+        torch.manual_seed(index)  # the same proposal sampling in (a) and (c)
+        steps[phase](batches[index])
+
+    times: Dict[str, List[float]] = {phase: [] for phase in PHASES}
+    for index in range(warmup + repeats):
+        for phase in PHASES:
+            sync()
+            start = time.perf_counter()
+            run(phase, index)
+            sync()
+            if index >= warmup:
+                times[phase].append(time.perf_counter() - start)
+
+    resident = dict(student=_resident_bytes([student], student_wrapper),
+                    teacher=_resident_bytes([model.teacher], None),
+                    distill=_resident_bytes([model, model.teacher], distill_wrapper))
+    meter = PeakMemory(device)
+    peak_mib = {phase: (resident[phase] + meter.measure(lambda: run(phase, 0))) / MIB
+                for phase in PHASES}
+    median = {phase: statistics.median(values) for phase, values in times.items()}
+    return dict(
+        config=config, device=device_name(device, threads, amp), size=tuple(size),
+        batch=batch, repeats=repeats, warmup=warmup, times=times, median=median,
+        ratio=median['distill'] / (median['student'] + median['teacher']),
+        peak_mib=peak_mib,
+        memory_ratio=peak_mib['distill'] / (peak_mib['student'] + peak_mib['teacher']),
+        profile=profile_step(lambda: run('distill', 0), device, profile) if profile else None)
+
+
+def profile_step(work: Callable[[], None], device: str, rows: int) -> str:
+    """torch.profiler table of ``work``: the top ``rows`` ops by self device time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    sort_by = 'self_cpu_time_total'
+    if device.startswith('cuda'):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        sort_by = 'self_cuda_time_total'
+    with torch.profiler.profile(activities=activities) as prof:
+        work()
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
+def format_report(result: dict) -> str:
+    """Plain-text medians, then the Markdown table row (with header) for the README."""
+    names = dict(student='(a) student train step', teacher='(b) teacher inference',
+                 distill='(c) distill train step')
+    lines = [f'{result["config"]}: {result["size"][0]}x{result["size"][1]}, batch '
+             f'{result["batch"]}, {result["device"]}; median of {result["repeats"]} after '
+             f'{result["warmup"]} warm-up']
+    for phase in PHASES:
+        spread = ' '.join(f'{t:.3f}' for t in result['times'][phase])
+        lines.append(f'  {names[phase]:<24} {result["median"][phase]:8.3f} s  peak '
+                     f'{result["peak_mib"][phase]:8.0f} MiB  (runs: {spread})')
+    lines.append(f'  c / (a + b) = {result["ratio"]:.3f}   peak c / (peak a + peak b) = '
+                 f'{result["memory_ratio"]:.3f}')
+    lines += ['', markdown_table([result])]
+    return '\n'.join(lines)
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """A Markdown table with one row per benchmark result."""
+    rows = ['| config | device | input | a: student step (s) | b: teacher inference (s) | '
+            'c: distill step (s) | c / (a + b) | peak a / b / c (MiB) | '
+            'peak c / (a + b) |',
+            '|---|---|---|---:|---:|---:|---:|---:|---:|']
+    for r in results:
+        med, peak = r['median'], r['peak_mib']
+        rows.append(
+            f'| {osp.basename(r["config"])} | {r["device"]} | {r["batch"]} x '
+            f'{r["size"][0]}x{r["size"][1]} | {med["student"]:.3f} | {med["teacher"]:.3f} | '
+            f'{med["distill"]:.3f} | {r["ratio"]:.3f} | {peak["student"]:.0f} / '
+            f'{peak["teacher"]:.0f} / {peak["distill"]:.0f} | {r["memory_ratio"]:.3f} |')
+    return '\n'.join(rows)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', default='ssim',
+                        help=f'distillation config path or one of {list(SHORTCUTS)}')
+    parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
+                        help='input size (default: 512 512 on CPU, 800 1333 on CUDA)')
+    parser.add_argument('--batch', type=int, help='images per batch (default 2)')
+    parser.add_argument('--repeats', type=int, default=5, help='timed repeats per phase')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed repeats first')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int,
+                        help='torch.set_num_threads (default: 1 on CPU, unchanged on CUDA)')
+    parser.add_argument('--amp', action='store_true', help='autocast float16 (CUDA only)')
+    parser.add_argument('--teacher-ckpt', help='teacher weights (default: random, saved to '
+                        'a temporary directory)')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='also print the top N ops of one distillation step')
+    args = parser.parse_args(argv)
+    defaults = DEFAULTS['cuda' if args.device.startswith('cuda') else 'cpu']
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that repeats this run, every option spelled out."""
+    parts = ['python', 'tools/analysis/benchmark_distill.py', args.config,
+             '--size', *map(str, args.size), '--batch', str(args.batch),
+             '--repeats', str(args.repeats), '--warmup', str(args.warmup),
+             '--device', args.device]
+    if args.threads:
+        parts += ['--threads', str(args.threads)]
+    if args.amp:
+        parts.append('--amp')
+    if args.teacher_ckpt:
+        parts += ['--teacher-ckpt', args.teacher_ckpt]
+    return shlex.join(parts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    result = benchmark(resolve_config(args.config), tuple(args.size), args.batch,
+                       args.repeats, args.warmup, args.device, args.threads, args.amp,
+                       args.teacher_ckpt, args.profile)
+    print(format_report(result))
+    print(f'\ncommand: {command_line(args)}')
+    if result['profile']:
+        print(f'\none distillation step, top {args.profile} ops:\n{result["profile"]}')
+    return result
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
