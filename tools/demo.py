@@ -10,8 +10,8 @@ take the teacher (the checkpoint shipped in checkpoints/, or train one with
 ``--teacher train``), evaluate it, train the student alone and with each distillation
 method under identical schedules and seeds (``tools/train.py``, up to ``--jobs`` at
 once, one CPU thread each), evaluate each with COCO mAP (mmdet's CocoMetric), and write
-``results.json``, ``results.md``, ``ap_chart.png`` and ``loss_curves.png`` into the work
-dir. Finished runs are reused when the demo is run again with the same settings.
+``results.json``, ``results.md``, ``ap_chart.png``, ``loss_curves.png`` and the
+first method's feature-similarity maps (``<method>_similarity.png``) into the work dir. Finished runs are reused when the demo is run again with the same settings.
 """
 import argparse
 import glob
@@ -180,6 +180,28 @@ def epoch_options(epochs: Optional[int]) -> List[str]:
             f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}']
 
 
+def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, data: dict,
+                      work_dir: str) -> Optional[str]:
+    """Feature-similarity maps of the first distillation method's seed-0 student on the
+    first validation image (tools/analysis/vis_feature_similarity.py)."""
+    method = next((m for m in runs if m != 'baseline'), None)
+    if method is None:
+        return None
+    run = runs[method][0]
+    ckpt = sorted(glob.glob(osp.join(run.work_dir, 'epoch_*.pth')), key=osp.getmtime)[-1]
+    image = sorted(glob.glob(osp.join(data['val_img_dir'], '*')))[0]
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/vis_feature_similarity.py',
+         osp.join(CONFIGS, METHOD_CONFIGS[method]), image, '--checkpoint', ckpt,
+         '--out-dir', work_dir, '--cfg-options', f'model.teacher_ckpt={teacher_ckpt}'],
+        cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'vis_feature_similarity failed:\n{proc.stderr[-3000:]}')
+    out = osp.join(work_dir, f'{method}_similarity.png')
+    os.replace(osp.join(work_dir, f'{osp.splitext(osp.basename(image))[0]}_similarity.png'), out)
+    return out
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work_dir = osp.abspath(args.work_dir)
@@ -250,7 +272,9 @@ def main(argv=None) -> dict:
         f'AP per method ({args.seeds} seed(s))'))
     plot_curves({m: rs[0].work_dir for m, rs in runs.items()},
                 osp.join(work_dir, 'loss_curves.png'), title='seed 0 runs')
-    print(f'\nwrote {work_dir}/results.json, results.md, ap_chart.png, loss_curves.png '
+    similarity = similarity_figure(runs, teacher_ckpt, data, work_dir)
+    print(f'\nwrote {work_dir}/results.json, results.md, ap_chart.png, loss_curves.png'
+          f'{", " + osp.basename(similarity) if similarity else ""} '
           f'({time.time() - t0:.0f} s in all)')
     return summary
 

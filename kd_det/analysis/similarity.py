@@ -110,11 +110,12 @@ def patch_cka_map(student: Tensor, teacher: Tensor, patch_size: int = 16) -> Ten
     """Debiased linear CKA of each tile of two feature maps (N, C, H, W) -> (N, H, W).
 
     The map is cut into ``max(1, H // p) x max(1, W // p)`` near-equal tiles of ``p`` to
-    ``2p - 1`` pixels a side (see :func:`tile_edges`). In a tile with P pixels, the student's and the teacher's
-    feature vectors (P, C) are compared with :func:`debiased_cka`: pixels are the samples,
-    channels the features. 1 when the tile's pixels relate to each other in the same way in
-    both (features equal up to a rotation, a scale and an offset of the channels), ~0 for
-    unrelated features, whatever P. Every pixel of a tile gets its value; NaN where undefined.
+    ``2p - 1`` pixels a side (see :func:`tile_edges`). In a tile with P pixels, the student's
+    and the teacher's feature vectors (P, C) are compared with :func:`debiased_cka`: pixels
+    are the samples, channels the features. 1 when the tile's pixels relate to each other in
+    the same way in both (features equal up to a rotation, a scale and an offset of the
+    channels), ~0 for unrelated features, whatever P. Every pixel of a tile gets its value;
+    NaN where undefined.
     """
     n, _, h, w = student.shape
     out = student.new_full((n, h, w), float('nan'), dtype=torch.float32)

@@ -6,7 +6,6 @@ Official code: Klayand/PCKA (``CenterKernelAlignmentRKD`` for detection,
 import math
 from typing import Optional, Tuple
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor

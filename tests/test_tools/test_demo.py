@@ -31,7 +31,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert math.isclose(summary[method]['gain'], expected)
     table = open(osp.join(work, 'results.md')).read()
     assert table.count('\n|') == 1 + 1 + 1 + len(METHODS)  # header, rule, teacher, runs
-    for png in ('ap_chart.png', 'loss_curves.png'):
+    for png in ('ap_chart.png', 'loss_curves.png', 'ssim_similarity.png'):
         image = mpimg.imread(osp.join(work, png))
         assert image.shape[0] > 200 and image.shape[1] > 300
     # a second run reuses every finished run instead of training again

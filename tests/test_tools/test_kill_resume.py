@@ -298,8 +298,8 @@ class Crash(BaseException):
 def fake_runner(work_dir, name):
     """What CheckpointHook uses of a Runner; save_checkpoint is mmengine's real writer."""
     runner = types.SimpleNamespace(
-        work_dir=str(work_dir), epoch=0, iter=0, max_iters=100, logger=MMLogger.get_current_instance(),
-        message_hub=MessageHub.get_instance(name))
+        work_dir=str(work_dir), epoch=0, iter=0, max_iters=100,
+        logger=MMLogger.get_current_instance(), message_hub=MessageHub.get_instance(name))
 
     def save(out_dir, filename, file_client_args=None, meta=None, **kwargs):
         save_checkpoint({'meta': meta, 'state_dict': {'w': torch.full((64, 1024), runner.iter)}},
