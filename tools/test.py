@@ -15,6 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import kd_det  # noqa: F401  (registers kd_det's modules, safe checkpoint loading)
+from kd_det.engine.launcher import apply_command_line
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,14 +39,7 @@ def main() -> None:
     args = parse_args()
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = apply_command_line(Config.fromfile(args.config), args)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         hooks = cfg.default_hooks

@@ -163,7 +163,9 @@ class RCKALoss(nn.Module):
         patch_size: patch mode for (N, C, H, W) detection features: both are resized bilinearly
             to the next multiple of ``patch_size``, the patch_size x patch_size patches of each
             channel are the samples, and the per-channel CKA is averaged over channels. None:
-            plain mode for (N, D) logits or pooled features, rows are the samples.
+            plain mode for (N, D) logits or pooled features, rows are the samples. A level
+            of one patch (<= patch_size in H and W) has intra CKA 1 and no intra gradient
+            (the official code fails there); the official configs use FPN levels 0..3.
         with_l2_norm: official row normalisation of the Gram matrices (used for logits).
     """
 
