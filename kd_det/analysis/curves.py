@@ -46,6 +46,7 @@ def plot_curves(runs: Dict[str, str], out_file: str,
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     logs = {label: load_scalars(path) for label, path in runs.items()}
     if keys is None:
@@ -55,6 +56,7 @@ def plot_curves(runs: Dict[str, str], out_file: str,
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    colours = {label: f'C{i % 10}' for i, label in enumerate(logs)}  # one per run
     for ax, key in zip(axes.flat, panels):
         for label, log in logs.items():
             if key == MAP_KEY:
@@ -64,16 +66,15 @@ def plot_curves(runs: Dict[str, str], out_file: str,
                 points = [(e['iter'], e[key]) for e in log['train'] if key in e]
                 style = {}
             if points:
-                ax.plot(*zip(*points), label=label, **style)
+                ax.plot(*zip(*points), label=label, color=colours[label], **style)
         ax.set_title(key)
         ax.set_xlabel('epoch' if key == MAP_KEY else 'iteration')
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis('off')
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6),
-                   bbox_to_anchor=(0.5, 0.0))
+    handles = [Line2D([], [], color=colours[label], label=label) for label in logs]
+    fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 6),
+               bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -153,7 +153,7 @@ class _MeanSSIM(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, y, d_stats = ctx.saved_tensors
         g_mu, g_xx, g_xy = _gaussian_blur_adjoint(d_stats, *x.shape[-2:], *ctx.blur)
-        grad_x = g_mu.addcmul_(x, g_xx, value=2).addcmul_(y, g_xy).mul_(grad)
+        grad_x = torch.addcmul(g_mu, x, g_xx, value=2).addcmul_(y, g_xy).mul_(grad)
         return grad_x, None, None, None, None, None, None
 
 

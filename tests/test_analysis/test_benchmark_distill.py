@@ -35,16 +35,19 @@ def test_benchmark_prints_and_returns_the_three_phases(capsys):
     assert len(table) == 3 and table[0].count('|') == table[2].count('|') == 10
     assert table[2].startswith('| ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py | ')
     assert ('command: python tools/analysis/benchmark_distill.py ' + CONFIG
-            + ' --size 64 96 --batch 1 --repeats 2 --warmup 1 --device cpu --threads 1') in out
+            + ' --size 64 96 --batch 1 --repeats 2 --warmup 1 --device cpu --clock cpu'
+            + ' --threads 1') in out
 
 
 def test_shortcuts_and_device_defaults():
     tool = load_tool()
     args = tool.parse_args(['rcka', '--device', 'cpu'])
     assert (tuple(args.size), args.batch, args.threads) == ((512, 512), 2, 1)
+    assert args.clock == 'cpu'
     assert osp.isfile(tool.resolve_config(args.config))
     args = tool.parse_args(['--device', 'cuda', '--amp'])
-    assert (tuple(args.size), args.batch, args.threads) == ((800, 1333), 2, None)
+    assert (tuple(args.size), args.batch, args.threads, args.clock) == \
+        ((800, 1333), 2, None, 'wall')
     assert tool.resolve_config(args.config).endswith(
         'ssim/ssim_faster-rcnn_r101-to-r50_fpn_1x_coco.py')
     assert all(osp.isfile(tool.resolve_config(name)) for name in tool.SHORTCUTS)

@@ -18,6 +18,10 @@ warm-up, it times:
     ``feature_source``) in eval mode under ``no_grad``;
 (c) distill: the FeatureDistillDetector's training step.
 
+On CPU the default clock is the process's CPU time (``--clock cpu``): on a shared
+machine it leaves out the time other jobs hold the cores, which wall time
+(``--clock wall``, the default on CUDA) counts.
+
 c cannot cost less than a + b, so c / (a + b) - 1 is the overhead kd_det adds.
 The optimizers come from the config's ``optim_wrapper`` with the learning rate
 set to 0: every update is computed but the weights, hence the proposals and the
@@ -66,8 +70,8 @@ SHORTCUTS = {
     'ssim+rcka': 'configs/ssim_rcka/ssim-rcka_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
 }
 PHASES = ('student', 'teacher', 'distill')
-DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1),
-                cuda=dict(size=(800, 1333), batch=2, threads=None))
+DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1, clock='cpu'),
+                cuda=dict(size=(800, 1333), batch=2, threads=None, clock='wall'))
 MIB = 2**20
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
@@ -211,11 +215,12 @@ def device_name(device: str, threads: Optional[int], amp: bool) -> str:
 
 def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warmup: int,
               device: str = 'cpu', threads: Optional[int] = None, amp: bool = False,
-              teacher_ckpt: Optional[str] = None, profile: int = 0) -> dict:
+              teacher_ckpt: Optional[str] = None, profile: int = 0,
+              clock: str = 'wall') -> dict:
     """Time phases (a) student, (b) teacher, (c) distill and measure their peak memory.
 
-    Returns a dict with ``config``, ``device``, ``size``, ``batch``, ``repeats``, ``warmup``,
-    ``times`` (seconds per repeat of each phase), ``median``, ``ratio`` = c / (a + b),
+    Returns a dict with ``config``, ``device``, ``clock``, ``size``, ``batch``, ``repeats``,
+    ``warmup``, ``times`` (seconds per repeat of each phase), ``median``, ``ratio`` = c / (a + b),
     ``peak_mib`` per phase, ``memory_ratio`` = peak c / (peak a + peak b) and ``profile``
     (the ``--profile`` table of a distillation step, or None).
     """
@@ -243,6 +248,7 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
     batches = synthetic_batches(model, warmup + repeats, batch, size,
                                 _num_classes(cfg.model.student) or 80)
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    now = time.process_time if clock == 'cpu' else time.perf_counter
 
     def run(phase: str, index: int) -> None:
         torch.manual_seed(index)  # the same proposal sampling in (a) and (c)
@@ -252,11 +258,11 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
     for index in range(warmup + repeats):
         for phase in PHASES:
             sync()
-            start = time.perf_counter()
+            start = now()
             run(phase, index)
             sync()
             if index >= warmup:
-                times[phase].append(time.perf_counter() - start)
+                times[phase].append(now() - start)
 
     resident = dict(student=_resident_bytes([student], student_wrapper),
                     teacher=_resident_bytes([model.teacher], None),
@@ -266,8 +272,8 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
                 for phase in PHASES}
     median = {phase: statistics.median(values) for phase, values in times.items()}
     return dict(
-        config=config, device=device_name(device, threads, amp), size=tuple(size),
-        batch=batch, repeats=repeats, warmup=warmup, times=times, median=median,
+        config=config, device=device_name(device, threads, amp), clock=clock,
+        size=tuple(size), batch=batch, repeats=repeats, warmup=warmup, times=times, median=median,
         ratio=median['distill'] / (median['student'] + median['teacher']),
         peak_mib=peak_mib,
         memory_ratio=peak_mib['distill'] / (peak_mib['student'] + peak_mib['teacher']),
@@ -291,8 +297,8 @@ def format_report(result: dict) -> str:
     names = dict(student='(a) student train step', teacher='(b) teacher inference',
                  distill='(c) distill train step')
     lines = [f'{result["config"]}: {result["size"][0]}x{result["size"][1]}, batch '
-             f'{result["batch"]}, {result["device"]}; median of {result["repeats"]} after '
-             f'{result["warmup"]} warm-up']
+             f'{result["batch"]}, {result["device"]}; median {result["clock"]} time of '
+             f'{result["repeats"]} after {result["warmup"]} warm-up']
     for phase in PHASES:
         spread = ' '.join(f'{t:.3f}' for t in result['times'][phase])
         lines.append(f'  {names[phase]:<24} {result["median"][phase]:8.3f} s  peak '
@@ -312,7 +318,7 @@ def markdown_table(results: Sequence[dict]) -> str:
     for r in results:
         med, peak = r['median'], r['peak_mib']
         rows.append(
-            f'| {osp.basename(r["config"])} | {r["device"]} | {r["batch"]} x '
+            f'| {osp.basename(r["config"])} | {r["device"]}, {r["clock"]} time | {r["batch"]} x '
             f'{r["size"][0]}x{r["size"][1]} | {med["student"]:.3f} | {med["teacher"]:.3f} | '
             f'{med["distill"]:.3f} | {r["ratio"]:.3f} | {peak["student"]:.0f} / '
             f'{peak["teacher"]:.0f} / {peak["distill"]:.0f} | {r["memory_ratio"]:.3f} |')
@@ -331,6 +337,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int,
                         help='torch.set_num_threads (default: 1 on CPU, unchanged on CUDA)')
+    parser.add_argument('--clock', choices=['cpu', 'wall'],
+                        help='process CPU time or wall time (default: cpu on CPU, wall on CUDA)')
     parser.add_argument('--amp', action='store_true', help='autocast float16 (CUDA only)')
     parser.add_argument('--teacher-ckpt', help='teacher weights (default: random, saved to '
                         'a temporary directory)')
@@ -349,7 +357,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ['python', 'tools/analysis/benchmark_distill.py', args.config,
              '--size', *map(str, args.size), '--batch', str(args.batch),
              '--repeats', str(args.repeats), '--warmup', str(args.warmup),
-             '--device', args.device]
+             '--device', args.device, '--clock', args.clock]
     if args.threads:
         parts += ['--threads', str(args.threads)]
     if args.amp:
@@ -363,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     result = benchmark(resolve_config(args.config), tuple(args.size), args.batch,
                        args.repeats, args.warmup, args.device, args.threads, args.amp,
-                       args.teacher_ckpt, args.profile)
+                       args.teacher_ckpt, args.profile, args.clock)
     print(format_report(result))
     print(f'\ncommand: {command_line(args)}')
     if result['profile']:
