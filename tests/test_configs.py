@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
 
-from conftest import REPO
+from testing_utils import REPO
 from kd_det.models.feature_distill_detector import load_config
 
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True))

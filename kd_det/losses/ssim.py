@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mmdet.registry import MODELS
 from .utils import (as_float32_pair, check_feature_pair, check_non_negative,
@@ -96,16 +97,17 @@ def _ssim_terms(x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float,
     """Local statistics of SSIM = (lum_num * cs_num) / (lum_den * cs_den).
 
     Returns mu_x, mu_y, lum_num = 2 mu_x mu_y + C1, lum_den = mu_x^2 + mu_y^2 + C1,
-    cs_num = 2 sigma_xy + C2, cs_den = sigma_x^2 + sigma_y^2 + C2.
+    cs_num = 2 sigma_xy + C2, cs_den = sigma_x^2 + sigma_y^2 + C2. In-place only on fresh
+    tensors whose values autograd does not save, so it stays differentiable.
     """
     # one blur over the five maps: the means, second moments and the cross moment
     mu_x, mu_y, e_xx, e_yy, e_xy = gaussian_blur(
         torch.stack([x, y, x * x, y * y, x * y]), window_size, sigma, padding)
     mu_xy = mu_x * mu_y
-    mu_sq = mu_x * mu_x + mu_y * mu_y
-    cs_num = 2 * (e_xy - mu_xy) + c2
-    cs_den = e_xx + e_yy - mu_sq + c2
-    return mu_x, mu_y, 2 * mu_xy + c1, mu_sq + c1, cs_num, cs_den
+    mu_sq = (mu_x * mu_x).add_(mu_y * mu_y)
+    cs_num = (e_xy - mu_xy).mul_(2).add_(c2)
+    cs_den = (e_xx + e_yy).sub_(mu_sq).add_(c2)
+    return mu_x, mu_y, mu_xy.mul_(2).add_(c1), mu_sq.add_(c1), cs_num, cs_den
 
 
 def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
@@ -124,37 +126,9 @@ def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
     return (lum_num * cs_num) / (lum_den * cs_den)
 
 
-class _MeanSSIM(torch.autograd.Function):
-    """mean(ssim_map(x, y)) with an analytic backward for x; y is a constant.
-
-    Saves three maps instead of autograd's graph of the formula, and its backward blurs three
-    maps (with the transposed blur matrices) instead of five.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float,
-                c2: float, padding: str) -> Tensor:
-        mu_x, mu_y, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
-            x, y, window_size, sigma, c1, c2, padding)
-        inv_den = (lum_den * cs_den).reciprocal_()
-        ssim = lum_num * cs_num * inv_den
-        if ctx.needs_input_grad[0]:
-            # dS/d mu_x, dS/d E[x^2], dS/d E[xy], divided by the number of SSIM values
-            scale = 2 / ssim.numel()
-            d_mu = (mu_y * (cs_num - lum_num) * inv_den
-                    + mu_x * ssim * (cs_den.reciprocal() - lum_den.reciprocal())) * scale
-            d_xx = ssim / cs_den * (-scale / 2)
-            d_xy = lum_num * inv_den * scale
-            ctx.save_for_backward(x, y, torch.stack([d_mu, d_xx, d_xy]))
-            ctx.blur = (window_size, sigma, padding)
-        return ssim.mean()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, y, d_stats = ctx.saved_tensors
-        g_mu, g_xx, g_xy = _gaussian_blur_adjoint(d_stats, *x.shape[-2:], *ctx.blur)
-        grad_x = torch.addcmul(g_mu, x, g_xx, value=2).addcmul_(y, g_xy).mul_(grad)
-        return grad_x, None, None, None, None, None, None
+def _blurred_size(size: int, window_size: int, padding: str) -> int:
+    """Length of one side after :func:`gaussian_blur`."""
+    return size - window_size + 1 if padding == 'valid' and size >= window_size else size
 
 
 def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6) -> Tensor:
@@ -168,6 +142,82 @@ def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6)
     return ((flat - low) / (high - low + eps)).reshape_as(x)
 
 
+class _MeanSSIM(torch.autograd.Function):
+    """mean(ssim_map(minmax_normalize(x), minmax_normalize(y))) (or of x, y themselves when
+    ``granularity`` is None) with an analytic backward for x; y is a constant.
+
+    The maps go through the SSIM statistics in chunks of channels, which bounds the temporary
+    memory, and only the normalised maps and three partial derivatives per SSIM value are
+    saved. Backward blurs the partials with the transposed blur matrices and applies the
+    min-max normalisation's derivative: with D = max - min + eps and g = dL/d(normalised x),
+    dL/dx = g / D, plus -sum(g (1 - x_n)) / D at the minimum and -sum(g x_n) / D at the
+    maximum. Where several elements tie for the min (max), that term goes to one of them,
+    whereas autograd through amin / amax splits it evenly among them.
+    """
+
+    chunk_numel = 2**22  # input elements per chunk (16 MiB in float32)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float,
+                c2: float, padding: str, granularity: Optional[str], eps: float) -> Tensor:
+        needs_grad = ctx.needs_input_grad[0]
+        start = _NORMALIZE_START_DIM[granularity] if granularity is not None else None
+        if start is not None:
+            flat = x.flatten(start)
+            low, arg_low = flat.min(-1, keepdim=True)
+            high, arg_high = flat.max(-1, keepdim=True)
+            value_range = high.sub_(low).add_(eps)
+            x = flat.sub(low).div_(value_range).reshape_as(x)
+            y = minmax_normalize(y, granularity, eps)
+        n, channels, height, width = x.shape
+        out_size = (_blurred_size(height, window_size, padding),
+                    _blurred_size(width, window_size, padding))
+        # dS/d mu_x / 2, -dS/d E[x^2], dS/d E[xy] / 2 per SSIM value
+        partials = x.new_empty((3, n, channels, *out_size)) if needs_grad else None
+        step = max(1, _MeanSSIM.chunk_numel // (n * height * width))
+        total = x.new_zeros(())
+        for lo in range(0, channels, step):
+            mu_x, mu_y, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
+                x[:, lo:lo + step], y[:, lo:lo + step], window_size, sigma, c1, c2, padding)
+            inv_den = (lum_den * cs_den).reciprocal_()
+            ssim = (lum_num * cs_num).mul_(inv_den)
+            total += ssim.sum()
+            if needs_grad:
+                d_mu, d_xx, d_xy = partials[:, :, lo:lo + step]
+                # mu_y (cs_num - lum_num) / den + mu_x S (1 / cs_den - 1 / lum_den)
+                torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y).mul_(inv_den)
+                d_mu.addcmul_(cs_den.reciprocal().sub_(lum_den.reciprocal_()).mul_(ssim), mu_x)
+                torch.div(ssim, cs_den, out=d_xx)
+                torch.mul(lum_num, inv_den, out=d_xy)
+        count = n * channels * out_size[0] * out_size[1]
+        if needs_grad:
+            ctx.save_for_backward(x, y, partials, *((value_range, arg_low, arg_high)
+                                                     if start is not None else ()))
+            ctx.blur = (window_size, sigma, padding)
+            ctx.start = start
+            ctx.count = count
+        return total / count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y, partials, *norm = ctx.saved_tensors
+        g_mu, g_xx, g_xy = _gaussian_blur_adjoint(partials, *x.shape[-2:], *ctx.blur)
+        grad_x = torch.addcmul(g_mu, x, g_xx, value=-1).addcmul_(y, g_xy)  # dL/dx count / 2
+        scale = grad * (2 / ctx.count)
+        if ctx.start is None:
+            return (grad_x.mul_(scale),) + (None,) * 8
+        value_range, arg_low, arg_high = norm
+        flat_g, flat_x = grad_x.flatten(ctx.start), x.flatten(ctx.start)
+        scale = scale / value_range
+        d_high = (flat_g * flat_x).sum(-1, keepdim=True)
+        d_low = flat_g.sum(-1, keepdim=True).sub_(d_high)  # sum of g (1 - x_n)
+        flat_g.mul_(scale)
+        flat_g.scatter_add_(-1, arg_low, d_low.mul_(scale).neg_())
+        flat_g.scatter_add_(-1, arg_high, d_high.mul_(scale).neg_())
+        return (grad_x,) + (None,) * 8
+
+
 def ssim_loss(student: Tensor, teacher: Tensor, window_size: int = 11, sigma: float = 1.5,
               k1: float = 0.01, k2: float = 0.03, padding: str = 'same',
               normalize: Optional[str] = 'channel', eps: float = 1e-6) -> Tensor:
@@ -177,10 +227,8 @@ def ssim_loss(student: Tensor, teacher: Tensor, window_size: int = 11, sigma: fl
     with ``normalize=None`` they must already lie in [0, 1]. The teacher is a constant: no
     gradient flows to it.
     """
-    if normalize is not None:
-        student = minmax_normalize(student, normalize, eps)
-        teacher = minmax_normalize(teacher, normalize, eps)
-    mean_ssim = _MeanSSIM.apply(student, teacher, window_size, sigma, k1**2, k2**2, padding)
+    mean_ssim = _MeanSSIM.apply(student, teacher.detach(), window_size, sigma, k1**2, k2**2,
+                                padding, normalize, eps)
     return 0.5 * (1 - mean_ssim)
 
 

@@ -2,7 +2,7 @@
 import importlib.util
 import os.path as osp
 
-from conftest import REPO
+from testing_utils import REPO
 
 TOOL = osp.join(REPO, 'tools', 'analysis', 'benchmark_distill.py')
 CONFIG = osp.join(REPO, 'configs', 'demo', 'ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py')

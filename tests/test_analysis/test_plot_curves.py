@@ -7,7 +7,7 @@ import sys
 
 from matplotlib.image import imread
 
-from conftest import REPO, run_tool
+from testing_utils import REPO, run_tool
 
 TOOL = osp.join(REPO, 'tools', 'analysis', 'plot_curves.py')
 

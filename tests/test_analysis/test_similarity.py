@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmdet.registry import MODELS
 from mmdet.utils import get_test_pipeline_cfg
 
-from conftest import DEMO_TEACHER, REPO, run_tool
+from testing_utils import DEMO_TEACHER, REPO, run_tool
 from kd_det.analysis.similarity import (DPI, build_distill_model, feature_energy,
                                         figure_size, image_similarity_maps,
                                         load_distill_checkpoint, patch_cka_map, ssim_map,

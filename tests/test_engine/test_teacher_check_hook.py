@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 
-from conftest import DEMO_PAIR, DEMO_TEACHER, REPO
+from testing_utils import DEMO_PAIR, DEMO_TEACHER, REPO
 from kd_det.demo.synthetic_coco import render_image
 from kd_det.engine import TeacherCheckHook
 

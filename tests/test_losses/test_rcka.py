@@ -1,7 +1,7 @@
 """RCKALoss against direct transcriptions of CKA and of the official Klayand/PCKA loss."""
 import pytest
 import torch
-from conftest import official_cka, official_pcka_loss
+from official_pcka import official_cka, official_pcka_loss
 
 from kd_det.losses.rcka import RCKALoss, cka_terms, rcka_loss
 

@@ -8,7 +8,8 @@ import pytorch_msssim
 import torch
 import torch.nn.functional as F
 
-from kd_det.losses.ssim import SSIMLoss, gaussian_blur, gaussian_window, ssim_loss, ssim_map
+from kd_det.losses.ssim import (SSIMLoss, _MeanSSIM, gaussian_blur, gaussian_window,
+                                 minmax_normalize, ssim_loss, ssim_map)
 
 
 def structured_pair(n, c, h, w):
@@ -125,3 +126,66 @@ def test_invalid_arguments():
                    dict(normalize='batch')):
         with pytest.raises(ValueError):
             SSIMLoss(**kwargs)
+
+
+def reference_loss(student, teacher, padding, normalize):
+    """ssim_loss through plain autograd: min-max normalisation and the SSIM map."""
+    if normalize is not None:
+        student = minmax_normalize(student, normalize)
+        teacher = minmax_normalize(teacher, normalize)
+    return 0.5 * (1 - ssim_map(student, teacher, padding=padding).mean())
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('normalize', ['channel', 'image', 'level', None])
+def test_fused_backward_matches_autograd(padding, normalize):
+    """The analytic backward (normalisation included) against autograd, in float64."""
+    student = torch.rand(2, 3, 14, 17, dtype=torch.float64, requires_grad=True)
+    teacher = torch.rand(2, 3, 14, 17, dtype=torch.float64)
+    if normalize is not None:
+        student = (3 * student - 1).detach().requires_grad_()
+    loss = ssim_loss(student, teacher, padding=padding, normalize=normalize)
+    expected = reference_loss(student, teacher, padding, normalize)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(torch.autograd.grad(loss, student)[0],
+                               torch.autograd.grad(expected, student)[0])
+
+
+@pytest.mark.parametrize('normalize', ['image', 'level'])
+def test_gradcheck_coarse_normalisation(normalize):
+    student = torch.rand(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.rand(2, 2, 9, 8, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda s: ssim_loss(s, teacher, normalize=normalize), (student,))
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+def test_channel_chunks_give_the_same_loss(monkeypatch, padding):
+    student, teacher = torch.randn(2, 5, 12, 13, requires_grad=True), torch.randn(2, 5, 12, 13)
+    loss = SSIMLoss(padding=padding)
+    whole = loss(student, teacher)
+    grad_whole, = torch.autograd.grad(whole, student)
+    monkeypatch.setattr(_MeanSSIM, 'chunk_numel', 2 * 2 * 12 * 13)  # chunks of 2, 2, 1
+    chunked = loss(student, teacher)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(torch.autograd.grad(chunked, student)[0], grad_whole)
+
+
+def test_teacher_gets_no_gradient_and_constant_maps_stay_finite():
+    student = torch.randn(1, 3, 10, 10)
+    student[:, 0] = 1.5  # a constant channel: min and max tie everywhere
+    student.requires_grad_()
+    teacher = torch.randn(1, 3, 10, 10, requires_grad=True)
+    SSIMLoss()(student, teacher).backward()
+    assert teacher.grad is None
+    assert torch.isfinite(student.grad).all()
+    # the normalised loss is invariant to a shift of each channel (the constant one's gradient
+    # is of order 1 / eps: its min and max tie, and that term goes to a single element)
+    grad = student.grad.flatten(2)
+    assert (grad.sum(-1) / grad.abs().sum(-1)).abs().max() < 1e-5
+
+
+def test_ssim_map_stays_differentiable():
+    x = torch.rand(1, 2, 8, 9, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(1, 2, 8, 9, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: ssim_map(a, y).sum(), (x,))

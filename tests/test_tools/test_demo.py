@@ -5,7 +5,7 @@ import os.path as osp
 
 import matplotlib.image as mpimg
 
-from conftest import run_tool
+from testing_utils import run_tool
 
 METHODS = ['baseline', 'ssim', 'rcka']
 

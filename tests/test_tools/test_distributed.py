@@ -44,7 +44,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
-from conftest import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
+from testing_utils import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
 from kd_det.analysis.curves import load_scalars
 from kd_det.models.feature_distill_detector import _teacher_model_cfg
 

@@ -48,7 +48,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
 from mmdet.registry import MODELS
 
-from conftest import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
+from testing_utils import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
 from kd_det.checkpoint import CheckpointError, safe_load
 from kd_det.models.feature_distill_detector import _teacher_model_cfg
 

@@ -15,7 +15,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
-from conftest import (DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO, coco128_config,
+from testing_utils import (DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO, coco128_config,
                       needs_coco128, run_tool)
 from kd_det.analysis.curves import load_scalars
 from kd_det.export import export_student

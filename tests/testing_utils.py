@@ -1,0 +1,85 @@
+"""Shared test helpers: tiny detectors on the real COCO images of ../shared/data/coco128."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+COCO128 = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'coco128'))
+DEMO_STUDENT = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
+DEMO_TEACHER = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r34-half_fpn_shapes.py')
+DEMO_PAIR = osp.join(REPO, 'configs', '_base_', 'faster-rcnn_r34h-to-r18t_fpn_shapes.py')
+
+needs_coco128 = pytest.mark.skipif(
+    not osp.isfile(osp.join(COCO128, 'annotations', 'instances_train2017.json')),
+    reason=f'coco128 not found at {COCO128} (the shared test data lives beside the repo)')
+
+# The demo's tiny Faster R-CNN recipe, retargeted to coco128's 80 classes at 128 px:
+# 8 training images (2 iterations of 4 per epoch) and 8 held-out validation images.
+COCO128_DATA = '''
+data_root = {coco128!r} + '/'
+img = (128, 128)
+_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img, keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+_data = dict(_delete_=True, type='CocoDataset', data_root=data_root,
+             ann_file='annotations/instances_train2017.json',
+             data_prefix=dict(img='train2017/'), filter_cfg=dict(filter_empty_gt=True))
+train_dataloader = dict(batch_size=4, sampler=dict(shuffle=False),
+                        dataset=dict(_data, indices=list(range(8)), pipeline=_train_pipeline))
+val_dataloader = dict(batch_size=4, dataset=dict(_data, indices=list(range(100, 108)),
+                                                 test_mode=True, pipeline=_test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_train2017.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs={epochs}, val_interval={epochs})
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=3))
+randomness = dict(seed=0)
+'''
+
+# 80 classes; keep every box (a 2-iteration model scores below the default 0.05)
+TINY_HEAD = '''
+model = dict({prefix}roi_head=dict(bbox_head=dict(num_classes=80)),
+             test_cfg=dict(rcnn=dict(score_thr=0.0)){suffix})
+'''
+
+
+def write_config(directory: str, name: str, text: str) -> str:
+    """Write a config file and return its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = osp.join(directory, name)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def coco128_config(directory: str, name: str, base: str, epochs: int = 1,
+                   extra: str = '', distill: bool = False) -> str:
+    """A config inheriting ``base`` (a demo config), trained on 8 coco128 images."""
+    head = (TINY_HEAD.format(prefix='student=dict(', suffix=')') if distill
+            else TINY_HEAD.format(prefix='', suffix=''))
+    text = (f'_base_ = {base!r}\n' + COCO128_DATA.format(coco128=COCO128, epochs=epochs)
+            + head + extra)
+    return write_config(directory, name, text)
+
+
+def run_tool(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python tools/<args>`` from the repo root; fail with its output on error."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f'{args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
+                             f'{proc.stderr[-5000:]}')
+    return proc
