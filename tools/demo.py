@@ -1,6 +1,6 @@
 """The embedded demo: distil a small detector from a bigger one on a CPU, and measure it.
 
-    python tools/demo.py                 # ~15 min on 2 cores: baseline, SSIM, RCKA
+    python tools/demo.py                 # baseline, SSIM, RCKA students (~15-30 min, 2 cores)
     python tools/demo.py --quick         # ~2 min smoke run (what the tests run)
     python tools/demo.py --seeds 3       # every student over 3 seeds: mean +- std
     python tools/demo.py --methods baseline ssim rcka mse pkd rrd unikd

@@ -70,6 +70,9 @@ model.update(teacher_config={teacher_cfg!r}, teacher_ckpt={teacher_ckpt!r},
                               distill=True)
     cfg = Config.fromfile(cfg_path)
     cfg.work_dir = str(root / 'work')
+    # mmengine reuses a visualizer of the same name made by an earlier in-process Runner
+    # (and logs into that run's dir); a fresh name gives this run its own scalars.json
+    cfg.visualizer.name = f'visualizer_{osp.basename(root)}'
     runner = Runner.from_cfg(cfg)
     snapshot = Snapshot()
     runner.register_hook(snapshot)
