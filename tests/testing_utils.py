@@ -83,3 +83,15 @@ def run_tool(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         raise AssertionError(f'{args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n'
                              f'{proc.stderr[-5000:]}')
     return proc
+
+
+def save_random_teacher(path: str, config: str = DEMO_TEACHER, seed: int = 0) -> str:
+    """Build ``config``'s model with seeded random weights and save it as a checkpoint."""
+    import torch
+    from mmdet.registry import MODELS
+
+    from kd_det.models.feature_distill_detector import load_config
+    torch.manual_seed(seed)
+    model = MODELS.build(load_config(config).model)
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path

@@ -7,15 +7,15 @@ CONFIG may be a distillation config (the student is evaluated) or a plain
 mmdet config with a student exported by ``tools/export_student.py``.
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import kd_det  # noqa: F401  (registers kd_det's modules, safe checkpoint loading)
-from kd_det.engine.launcher import apply_command_line
+from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
+                                     parse_command_line)
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,14 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument('--show-dir', help='save painted predictions under work_dir/timestamp/DIR')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_arguments(parser)
+    return parse_command_line(parser)
 
 
 def main() -> None:

@@ -5,14 +5,14 @@
                                  [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
-import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import kd_det  # noqa: F401  (registers kd_det's modules, safe checkpoint loading)
-from kd_det.engine.launcher import apply_command_line
+from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
+                                     parse_command_line)
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,14 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in '
                         'the work dir when no path is given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (xxx=yyy format)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_arguments(parser)
+    return parse_command_line(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:

@@ -1,11 +1,28 @@
 """What tools/train.py and tools/test.py do to a config before building the Runner."""
 import argparse
 import datetime
+import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags tools/train.py and tools/test.py share with mmdet's tools."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (xxx=yyy format)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_command_line(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, and export LOCAL_RANK as torch.distributed.launch did."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def apply_command_line(cfg: Config, args: argparse.Namespace) -> Config:

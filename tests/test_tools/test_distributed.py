@@ -42,11 +42,10 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-from mmdet.registry import MODELS
 
-from testing_utils import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
+from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128,
+                           save_random_teacher)
 from kd_det.analysis.curves import load_scalars
-from kd_det.models.feature_distill_detector import _teacher_model_cfg
 
 pytestmark = needs_coco128
 
@@ -118,10 +117,7 @@ def free_port() -> int:
 def setup(tmp_path_factory):
     """A random-weight teacher checkpoint, the hook module and the distillation config."""
     root = tmp_path_factory.mktemp('dist')
-    torch.manual_seed(0)
-    teacher = MODELS.build(_teacher_model_cfg(DEMO_TEACHER))
-    teacher_ckpt = str(root / 'teacher.pth')
-    torch.save({'state_dict': teacher.state_dict()}, teacher_ckpt)
+    teacher_ckpt = save_random_teacher(str(root / 'teacher.pth'))
     hook_dir = root / 'hooks'
     hook_dir.mkdir()
     (hook_dir / 'kd_rank_dump.py').write_text(DUMP_HOOK)

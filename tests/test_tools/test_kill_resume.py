@@ -46,11 +46,10 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
-from mmdet.registry import MODELS
 
-from testing_utils import DEMO_PAIR, DEMO_TEACHER, REPO, coco128_config, needs_coco128
+from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128,
+                           save_random_teacher)
 from kd_det.checkpoint import CheckpointError, safe_load
-from kd_det.models.feature_distill_detector import _teacher_model_cfg
 
 PAUSE_HOOK = '''
 import os
@@ -119,10 +118,7 @@ def killed(tmp_path_factory):
     """A run SIGKILLed after iteration 5, plus a half-written iter_6.pth beside it (what a
     crash while saving the next checkpoint leaves: last_checkpoint is not updated)."""
     root = tmp_path_factory.mktemp('kill')
-    torch.manual_seed(0)
-    teacher = MODELS.build(_teacher_model_cfg(DEMO_TEACHER))
-    teacher_ckpt = str(root / 'teacher.pth')
-    torch.save({'state_dict': teacher.state_dict()}, teacher_ckpt)
+    teacher_ckpt = save_random_teacher(str(root / 'teacher.pth'))
     hook_dir = root / 'hooks'
     hook_dir.mkdir()
     (hook_dir / 'kd_pause_hook.py').write_text(PAUSE_HOOK)
