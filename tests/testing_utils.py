@@ -95,3 +95,30 @@ def save_random_teacher(path: str, config: str = DEMO_TEACHER, seed: int = 0) ->
     model = MODELS.build(load_config(config).model)
     torch.save({'state_dict': model.state_dict()}, path)
     return path
+
+
+def resumed_runner(cfg):
+    """A Runner for ``cfg`` (with ``resume`` set) that has loaded its checkpoint, untrained.
+
+    ``Runner.train()`` builds the loop, optimizer and schedulers before it resumes; this does
+    the same steps and stops there, so tests can compare the restored state with the file.
+    """
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    runner._train_loop = runner.build_train_loop(runner._train_loop)
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
+    runner.load_or_resume()
+    return runner
+
+
+def snapshot_hook():
+    """A hook whose ``state`` holds the model's weights as training starts (after init)."""
+    from mmengine.hooks import Hook
+
+    class Snapshot(Hook):
+        priority = 'VERY_HIGH'
+
+        def before_train(self, runner):
+            self.state = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    return Snapshot()

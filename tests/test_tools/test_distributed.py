@@ -40,11 +40,10 @@ import time
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128,
-                           save_random_teacher)
+                           save_random_teacher, snapshot_hook)
 from kd_det.analysis.curves import load_scalars
 
 pytestmark = needs_coco128
@@ -149,14 +148,6 @@ def two_ranks(setup):
     return dict(work=work, records=records, states=states, log=proc.stdout + proc.stderr)
 
 
-class Snapshot(Hook):
-    """Keeps the student's initial weights (before_train) of the single-process run."""
-    priority = 'VERY_HIGH'
-
-    def before_train(self, runner):
-        self.init = {k: v.clone() for k, v in runner.model.state_dict().items()}
-
-
 @pytest.fixture(scope='module')
 def one_process(setup):
     """The same config in this process: 1 process x 4 images, 2 iterations."""
@@ -168,13 +159,13 @@ def one_process(setup):
     cfg.work_dir = str(setup['root'] / 'work_1proc')
     assert cfg.train_dataloader.batch_size == 4
     runner = Runner.from_cfg(cfg)
-    snapshot = Snapshot()
+    snapshot = snapshot_hook()
     runner.register_hook(snapshot)
     runner.train()
     with open(osp.join(cfg.work_dir, 'rank0.json')) as f:
         record = json.load(f)
     return dict(record=record, state=torch.load(osp.join(cfg.work_dir, 'rank0.pth')),
-                init=snapshot.init)
+                init=snapshot.state)
 
 
 def test_both_ranks_ran_ddp_on_their_half_of_the_data(two_ranks):

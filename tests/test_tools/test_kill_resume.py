@@ -44,10 +44,9 @@ from mmengine.config import Config
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import MessageHub, MMLogger
-from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
 
-from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128,
+from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128, resumed_runner,
                            save_random_teacher)
 from kd_det.checkpoint import CheckpointError, safe_load
 
@@ -182,12 +181,7 @@ def resumed_state(killed):
     cfg.work_dir = killed['work']
     cfg.resume = True
     cfg.load_from = None
-    runner = Runner.from_cfg(cfg)
-    runner._train_loop = runner.build_train_loop(runner._train_loop)
-    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
-    runner.load_or_resume()
-    return runner
+    return resumed_runner(cfg)
 
 
 @needs_coco128

@@ -11,12 +11,11 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
 from testing_utils import (DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO, coco128_config,
-                      needs_coco128, run_tool)
+                           needs_coco128, resumed_runner, run_tool, snapshot_hook)
 from kd_det.analysis.curves import load_scalars
 from kd_det.export import export_student
 
@@ -47,13 +46,6 @@ def test_tools_test_reports_coco_map(teacher, tmp_path):
     assert 'coco/bbox_mAP' in out.stdout + out.stderr
 
 
-class Snapshot(Hook):
-    """Keeps the student's weights as they are when training starts (after init)."""
-
-    def before_train(self, runner):
-        self.student = copy.deepcopy(runner.model.student.state_dict())
-
-
 @pytest.fixture(scope='module')
 def distilled(teacher, tmp_path_factory):
     """One epoch of SSIM + RCKA distillation through the Runner, in this process."""
@@ -74,7 +66,7 @@ model.update(teacher_config={teacher_cfg!r}, teacher_ckpt={teacher_ckpt!r},
     # (and logs into that run's dir); a fresh name gives this run its own scalars.json
     cfg.visualizer.name = f'visualizer_{osp.basename(root)}'
     runner = Runner.from_cfg(cfg)
-    snapshot = Snapshot()
+    snapshot = snapshot_hook()
     runner.register_hook(snapshot)
     runner.train()
     return dict(cfg_path=cfg_path, work_dir=cfg.work_dir, runner=runner, snapshot=snapshot,
@@ -83,7 +75,8 @@ model.update(teacher_config={teacher_cfg!r}, teacher_ckpt={teacher_ckpt!r},
 
 def test_student_trains_teacher_stays(distilled):
     model = distilled['runner'].model
-    before = distilled['snapshot'].student
+    before = {k[len('student.'):]: v for k, v in distilled['snapshot'].state.items()
+              if k.startswith('student.')}
     after = model.student.state_dict()
     changed = [k for k in before if before[k].dtype.is_floating_point
                and not torch.equal(before[k], after[k])]
@@ -113,11 +106,7 @@ def test_resume_restores_student_optimizer_and_schedule(distilled):
     cfg.work_dir = distilled['work_dir']
     cfg.train_cfg.max_epochs = 2
     cfg.resume = True
-    runner = Runner.from_cfg(cfg)
-    runner._train_loop = runner.build_train_loop(runner._train_loop)
-    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
-    runner.load_or_resume()
+    runner = resumed_runner(cfg)
     saved = torch.load(osp.join(distilled['work_dir'], 'epoch_1.pth'))
     assert runner.iter == saved['meta']['iter'] == 2
     assert runner.epoch == 1
