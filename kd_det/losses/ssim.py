@@ -1,6 +1,6 @@
 """SSIM feature-distillation loss (de Rijk et al., NeurIPS 2022, arXiv 2211.13133)."""
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,9 +33,8 @@ def _reflect(index: Tensor, size: int) -> Tensor:
 
 
 @lru_cache(maxsize=256)
-def _blur_matrix(size: int, window_size: int, sigma: float, padding: str,
-                 device: torch.device, dtype: torch.dtype) -> Optional[Tensor]:
-    """Matrix B (size, out) such that ``rows @ B`` blurs ``rows`` along the last dim.
+def _blur_matrix(size: int, window_size: int, sigma: float, padding: str) -> Optional[Tensor]:
+    """Matrix B (size, out), float64, such that ``rows @ B`` blurs ``rows`` along the last dim.
 
     'same': out = size, the input reflect-padded by window_size // 2 (folded into B).
     'valid': out = size - window_size + 1; None (no blur) when size < window_size.
@@ -54,60 +53,63 @@ def _blur_matrix(size: int, window_size: int, sigma: float, padding: str,
     matrix = torch.zeros(size, out, dtype=torch.float64)
     matrix.index_put_((src.reshape(-1), dst.reshape(-1)),
                       window[:, None].expand_as(src).reshape(-1), accumulate=True)
-    return matrix.to(device=device, dtype=dtype)
+    return matrix
 
 
-def _blur_matrices(height: int, width: int, window_size: int, sigma: float, padding: str,
-                   like: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """Blur matrices along H and W, on the device and in the dtype of ``like``."""
-    return tuple(_blur_matrix(size, window_size, sigma, padding, like.device, like.dtype)
-                 for size in (height, width))
+# On CPU a side this long or longer is blurred in blocks of _BLOCK outputs, each a product with
+# only the rows of the band it needs: fewer multiply-adds than the whole banded matrix
+# (26 instead of 128 per value at 128 with window 11), and faster from about 64 on
+# (tools/analysis/benchmark_losses.py). On CUDA the whole matrix, in one product.
+_BLOCK = 16
+_BLOCKED_FROM = 64
+
+
+@lru_cache(maxsize=256)
+def _blur_blocks(size: int, window_size: int, sigma: float, padding: str, adjoint: bool,
+                 device: torch.device, dtype: torch.dtype) -> Optional[List[Tuple]]:
+    """The blur of a side of length ``size`` (its adjoint with ``adjoint``) as
+    [(lo, hi, block)]: the outputs of ``rows[..., lo:hi] @ block`` concatenated in order."""
+    matrix = _blur_matrix(size, window_size, sigma, padding)
+    if matrix is None:
+        return None
+    if adjoint:
+        matrix = matrix.mT
+    outputs = matrix.shape[1]
+    step = _BLOCK if device.type == 'cpu' and outputs >= _BLOCKED_FROM else outputs
+    blocks = []
+    for start in range(0, outputs, step):
+        block = matrix[:, start:start + step]
+        rows = block.ne(0).any(1).nonzero()
+        lo, hi = rows.min().item(), rows.max().item() + 1
+        blocks.append((lo, hi, block[lo:hi].to(device=device, dtype=dtype)))
+    return blocks
+
+
+def _separable_blur(maps: Tensor, size: Tuple[int, int], window_size: int, sigma: float,
+                    padding: str, adjoint: bool = False) -> Tensor:
+    """Gaussian blur (or its adjoint) of ``maps`` (..., H', W') along W, then H; ``size`` is
+    the (H, W) of the blur's input."""
+    height, width = size
+    blocks = _blur_blocks(width, window_size, sigma, padding, adjoint, maps.device, maps.dtype)
+    if blocks is not None:
+        parts = [maps[..., lo:hi] @ block for lo, hi, block in blocks]
+        maps = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+    blocks = _blur_blocks(height, window_size, sigma, padding, adjoint, maps.device, maps.dtype)
+    if blocks is not None:
+        parts = [block.mT @ maps[..., lo:hi, :] for lo, hi, block in blocks]
+        maps = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
+    return maps
 
 
 def gaussian_blur(maps: Tensor, window_size: int = 11, sigma: float = 1.5,
                   padding: str = 'same') -> Tensor:
     """Separable Gaussian blur of ``maps`` (..., H, W) -> (..., H', W').
 
-    Each 1-D pass is one product with a banded matrix (reflect padding folded in), which on CPU
-    is several times faster than a depthwise convolution over the same maps. On CUDA, allowing
-    TF32 matmuls lowers its precision.
+    Each 1-D pass is a product with a banded matrix (reflect padding folded in; on CPU long
+    sides block by block), which on CPU is faster than a depthwise convolution over the same
+    maps. On CUDA, allowing TF32 matmuls lowers its precision.
     """
-    blur_h, blur_w = _blur_matrices(*maps.shape[-2:], window_size, sigma, padding, maps)
-    if blur_w is not None:
-        maps = maps @ blur_w
-    if blur_h is not None:
-        maps = blur_h.mT @ maps
-    return maps
-
-
-def _gaussian_blur_adjoint(maps: Tensor, height: int, width: int, window_size: int,
-                           sigma: float, padding: str) -> Tensor:
-    """Adjoint of :func:`gaussian_blur` for inputs of size (height, width): (..., H', W') ->
-    (..., H, W)."""
-    blur_h, blur_w = _blur_matrices(height, width, window_size, sigma, padding, maps)
-    if blur_w is not None:
-        maps = maps @ blur_w.mT
-    if blur_h is not None:
-        maps = blur_h @ maps
-    return maps
-
-
-def _ssim_terms(x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float, c2: float,
-                padding: str) -> Tuple[Tensor, ...]:
-    """Local statistics of SSIM = (lum_num * cs_num) / (lum_den * cs_den).
-
-    Returns mu_x, mu_y, lum_num = 2 mu_x mu_y + C1, lum_den = mu_x^2 + mu_y^2 + C1,
-    cs_num = 2 sigma_xy + C2, cs_den = sigma_x^2 + sigma_y^2 + C2. In-place only on fresh
-    tensors whose values autograd does not save, so it stays differentiable.
-    """
-    # one blur over the five maps: the means, second moments and the cross moment
-    mu_x, mu_y, e_xx, e_yy, e_xy = gaussian_blur(
-        torch.stack([x, y, x * x, y * y, x * y]), window_size, sigma, padding)
-    mu_xy = mu_x * mu_y
-    mu_sq = (mu_x * mu_x).add_(mu_y * mu_y)
-    cs_num = (e_xy - mu_xy).mul_(2).add_(c2)
-    cs_den = (e_xx + e_yy).sub_(mu_sq).add_(c2)
-    return mu_x, mu_y, mu_xy.mul_(2).add_(c1), mu_sq.add_(c1), cs_num, cs_den
+    return _separable_blur(maps, maps.shape[-2:], window_size, sigma, padding)
 
 
 def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
@@ -119,11 +121,16 @@ def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
     ``padding='same'`` reflect-pads (as kornia.metrics.ssim) and returns (N, C, H, W); a side
     shorter than the window is reflected repeatedly, so the window is never shrunk.
     ``padding='valid'`` returns (N, C, H - w + 1, W - w + 1) and, like pytorch_msssim, does not
-    blur along a side shorter than the window (that side keeps its size).
+    blur along a side shorter than the window (that side keeps its size). Differentiable by
+    autograd (the loss has its own backward).
     """
-    _, _, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
-        x, y, window_size, sigma, (k1 * data_range)**2, (k2 * data_range)**2, padding)
-    return (lum_num * cs_num) / (lum_den * cs_den)
+    c1, c2 = (k1 * data_range)**2, (k2 * data_range)**2
+    # four blurred maps: SSIM only needs the sum of the two variances
+    mu_x, mu_y, e_sq, e_xy = gaussian_blur(torch.stack([x, y, x * x + y * y, x * y]),
+                                           window_size, sigma, padding)
+    mu_xy = mu_x * mu_y
+    mu_sq = mu_x * mu_x + mu_y * mu_y
+    return ((2 * mu_xy + c1) * (2 * (e_xy - mu_xy) + c2)) / ((mu_sq + c1) * (e_sq - mu_sq + c2))
 
 
 def _blurred_size(size: int, window_size: int, padding: str) -> int:
@@ -142,80 +149,131 @@ def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6)
     return ((flat - low) / (high - low + eps)).reshape_as(x)
 
 
+def _minmax_stats(x: Tensor, start: int) -> Tuple[Tensor, ...]:
+    """min, max - min and the flat positions of the min and max of ``x`` over its dims from
+    ``start`` on (see :data:`_NORMALIZE_START_DIM`), as (..., 1)."""
+    flat = x.flatten(start)
+    low, arg_low = flat.min(-1, keepdim=True)
+    high, arg_high = flat.max(-1, keepdim=True)
+    return low, high - low, arg_low, arg_high
+
+
+def _as_4d(stat: Tensor) -> Tensor:
+    """A (..., 1) statistic of :func:`_minmax_stats` viewed to broadcast over (N, C, H, W)."""
+    return stat.view(stat.shape[:-1] + (1,) * (5 - stat.dim()))
+
+
 class _MeanSSIM(torch.autograd.Function):
     """mean(ssim_map(minmax_normalize(x), minmax_normalize(y))) (or of x, y themselves when
-    ``granularity`` is None) with an analytic backward for x; y is a constant.
+    ``granularity`` is None), differentiable in x only; y is a constant.
 
-    The maps go through the SSIM statistics in chunks of channels, which bounds the temporary
-    memory, and only the normalised maps and three partial derivatives per SSIM value are
-    saved. Backward blurs the partials with the transposed blur matrices and applies the
-    min-max normalisation's derivative: with D = max - min + eps and g = dL/d(normalised x),
-    dL/dx = g / D, plus -sum(g (1 - x_n)) / D at the minimum and -sum(g x_n) / D at the
-    maximum. Where several elements tie for the min (max), that term goes to one of them,
-    whereas autograd through amin / amax splits it evenly among them.
+    The maps go through SSIM in chunks of channels small enough to stay in the CPU cache
+    (and to bound the temporary memory). When x needs a gradient, each chunk's gradient is
+    computed right away from the three partial derivatives of SSIM (blurred back with the
+    transposed blur) and the whole dL/dx is saved, so backward only scales it. The min-max
+    normalisation's derivative, with D = max - min + eps and g = dL/d(normalised x): g / D,
+    plus -sum(g (1 - x_n)) / D at the minimum and -sum(g x_n) / D at the maximum. Where
+    several elements tie for the min (max), that term goes to one of them, whereas autograd
+    through amin / amax splits it evenly among them.
     """
 
-    chunk_numel = 2**22  # input elements per chunk (16 MiB in float32)
+    # input elements per chunk: on CPU 256 KiB a map, so that a chunk's dozen maps stay in the
+    # cache (the fastest of 2^14..2^20 at 512x512); elsewhere more, for fewer kernel launches
+    cpu_chunk_numel = 2**16
+    device_chunk_numel = 2**24
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, window_size: int, sigma: float, c1: float,
                 c2: float, padding: str, granularity: Optional[str], eps: float) -> Tensor:
         needs_grad = ctx.needs_input_grad[0]
-        start = _NORMALIZE_START_DIM[granularity] if granularity is not None else None
-        if start is not None:
-            flat = x.flatten(start)
-            low, arg_low = flat.min(-1, keepdim=True)
-            high, arg_high = flat.max(-1, keepdim=True)
-            value_range = high.sub_(low).add_(eps)
-            x = flat.sub(low).div_(value_range).reshape_as(x)
-            y = minmax_normalize(y, granularity, eps)
         n, channels, height, width = x.shape
         out_size = (_blurred_size(height, window_size, padding),
                     _blurred_size(width, window_size, padding))
-        # dS/d mu_x / 2, -dS/d E[x^2], dS/d E[xy] / 2 per SSIM value
-        partials = x.new_empty((3, n, channels, *out_size)) if needs_grad else None
-        step = max(1, _MeanSSIM.chunk_numel // (n * height * width))
-        total = x.new_zeros(())
-        for lo in range(0, channels, step):
-            mu_x, mu_y, lum_num, lum_den, cs_num, cs_den = _ssim_terms(
-                x[:, lo:lo + step], y[:, lo:lo + step], window_size, sigma, c1, c2, padding)
-            inv_den = (lum_den * cs_den).reciprocal_()
-            ssim = (lum_num * cs_num).mul_(inv_den)
-            total += ssim.sum()
-            if needs_grad:
-                d_mu, d_xx, d_xy = partials[:, :, lo:lo + step]
-                # mu_y (cs_num - lum_num) / den + mu_x S (1 / cs_den - 1 / lum_den)
-                torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y).mul_(inv_den)
-                d_mu.addcmul_(cs_den.reciprocal().sub_(lum_den.reciprocal_()).mul_(ssim), mu_x)
-                torch.div(ssim, cs_den, out=d_xx)
-                torch.mul(lum_num, inv_den, out=d_xy)
         count = n * channels * out_size[0] * out_size[1]
+        start = None if granularity is None else _NORMALIZE_START_DIM[granularity]
+        if start is not None:
+            x_low, x_range, arg_low, arg_high = _minmax_stats(x, start)
+            y_low = y.flatten(start).amin(-1, keepdim=True)
+            y_range = y.flatten(start).amax(-1, keepdim=True).sub_(y_low)
+            x_inv, y_inv = x_range.add_(eps).reciprocal_(), y_range.add_(eps).reciprocal_()
+            group_shape = arg_low.shape
+            x_low, x_inv, y_low, y_inv = map(_as_4d, (x_low, x_inv, y_low, y_inv))
+            # per channel sums of g and g x_n, for the min and max terms
+            sum_g, sum_gx = x.new_zeros((2, n, channels))
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_scale = 2 / count  # d mean(S) / dx = 2 / count * (halved partials blurred back)
+
+        def chunk_of(stat: Tensor, lo: int, hi: int) -> Tensor:
+            return stat[:, lo:hi] if stat.shape[1] == channels else stat
+
+        chunk_numel = (_MeanSSIM.cpu_chunk_numel if x.device.type == 'cpu'
+                       else _MeanSSIM.device_chunk_numel)
+        step = max(1, chunk_numel // (n * height * width))
+        total = x.new_zeros(())
+        c1_tensor = x.new_full((), c1)
+        for lo in range(0, channels, step):
+            hi = min(lo + step, channels)
+            # the maps to blur: x_n, y_n, x_n^2 + y_n^2, x_n y_n
+            maps = x.new_empty((4, n, hi - lo, height, width))
+            xn, yn = maps[0], maps[1]
+            if start is None:
+                xn.copy_(x[:, lo:hi])
+                yn.copy_(y[:, lo:hi])
+            else:
+                torch.sub(x[:, lo:hi], chunk_of(x_low, lo, hi), out=xn)
+                torch.sub(y[:, lo:hi], chunk_of(y_low, lo, hi), out=yn)
+                xn.mul_(chunk_of(x_inv, lo, hi))
+                yn.mul_(chunk_of(y_inv, lo, hi))
+            torch.mul(xn, xn, out=maps[2]).addcmul_(yn, yn)
+            torch.mul(xn, yn, out=maps[3])
+            mu_x, mu_y, e_sq, e_xy = gaussian_blur(maps, window_size, sigma, padding)
+            # SSIM = lum_num cs_num / (lum_den cs_den) (see ssim_map), with
+            # cs_num = 2 E[xy] - lum_num + C1 + C2 and cs_den = E[x^2 + y^2] - lum_den + C1 + C2
+            lum_num = torch.addcmul(c1_tensor, mu_x, mu_y, value=2)
+            lum_den = torch.addcmul(c1_tensor, mu_x, mu_x).addcmul_(mu_y, mu_y)
+            cs_num = e_xy.mul_(2).sub_(lum_num).add_(c1 + c2)
+            cs_den = e_sq.sub_(lum_den).add_(c1 + c2)
+            inv_den = (lum_den * cs_den).reciprocal_()
+            # halved partials of S: d/d mu_x, -d/d E[x^2 + y^2], d/d E[xy]
+            partials = torch.empty((3,) + inv_den.shape, dtype=x.dtype, device=x.device)
+            d_mu, d_sq, d_xy = partials
+            torch.mul(lum_num, inv_den, out=d_xy)
+            ssim = d_xy * cs_num
+            total += ssim.sum()
+            if not needs_grad:
+                continue
+            # (mu_y (cs_num - lum_num) + mu_x S (lum_den - cs_den)) / (lum_den cs_den)
+            torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y)
+            d_mu.addcmul_(lum_den.sub_(cs_den).mul_(ssim), mu_x).mul_(inv_den)
+            torch.div(ssim, cs_den, out=d_sq)
+            g_mu, g_sq, g_xy = _separable_blur(partials, (height, width), window_size, sigma,
+                                               padding, adjoint=True)
+            g = g_mu.addcmul_(xn, g_sq, value=-1).addcmul_(yn, g_xy)
+            if start is None:
+                grad_x[:, lo:hi] = g.mul_(grad_scale)
+                continue
+            sum_g[:, lo:hi] = g.sum((2, 3))
+            sum_gx[:, lo:hi] = torch.linalg.vecdot(g.flatten(2), xn.flatten(2))
+            torch.mul(g, chunk_of(x_inv, lo, hi) * grad_scale, out=grad_x[:, lo:hi])
         if needs_grad:
-            ctx.save_for_backward(x, y, partials, *((value_range, arg_low, arg_high)
-                                                     if start is not None else ()))
-            ctx.blur = (window_size, sigma, padding)
-            ctx.start = start
-            ctx.count = count
+            if start is not None:
+                # x_n = (x - min) / D: the min and max terms, summed over each normalised group
+                if start < 2:  # sum the channels (and images) of each group
+                    sum_g, sum_gx = sum_g.flatten(start).sum(-1), sum_gx.flatten(start).sum(-1)
+                d_high = sum_gx.view(group_shape)
+                d_low = sum_g.view(group_shape).sub_(d_high)
+                flat_scale = x_inv.view(group_shape) * grad_scale
+                flat_grad = grad_x.flatten(start)
+                flat_grad.scatter_add_(-1, arg_low, d_low.mul_(flat_scale).neg_())
+                flat_grad.scatter_add_(-1, arg_high, d_high.mul_(flat_scale).neg_())
+            ctx.save_for_backward(grad_x)
         return total / count
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, y, partials, *norm = ctx.saved_tensors
-        g_mu, g_xx, g_xy = _gaussian_blur_adjoint(partials, *x.shape[-2:], *ctx.blur)
-        grad_x = torch.addcmul(g_mu, x, g_xx, value=-1).addcmul_(y, g_xy)  # dL/dx count / 2
-        scale = grad * (2 / ctx.count)
-        if ctx.start is None:
-            return (grad_x.mul_(scale),) + (None,) * 8
-        value_range, arg_low, arg_high = norm
-        flat_g, flat_x = grad_x.flatten(ctx.start), x.flatten(ctx.start)
-        scale = scale / value_range
-        d_high = (flat_g * flat_x).sum(-1, keepdim=True)
-        d_low = flat_g.sum(-1, keepdim=True).sub_(d_high)  # sum of g (1 - x_n)
-        flat_g.mul_(scale)
-        flat_g.scatter_add_(-1, arg_low, d_low.mul_(scale).neg_())
-        flat_g.scatter_add_(-1, arg_high, d_high.mul_(scale).neg_())
-        return (grad_x,) + (None,) * 8
+        grad_x, = ctx.saved_tensors
+        return (grad_x * grad,) + (None,) * 8
 
 
 def ssim_loss(student: Tensor, teacher: Tensor, window_size: int = 11, sigma: float = 1.5,
@@ -227,6 +285,8 @@ def ssim_loss(student: Tensor, teacher: Tensor, window_size: int = 11, sigma: fl
     with ``normalize=None`` they must already lie in [0, 1]. The teacher is a constant: no
     gradient flows to it.
     """
+    if not torch.is_grad_enabled():
+        student = student.detach()  # skip the gradient, which the forward computes otherwise
     mean_ssim = _MeanSSIM.apply(student, teacher.detach(), window_size, sigma, k1**2, k2**2,
                                 padding, normalize, eps)
     return 0.5 * (1 - mean_ssim)

@@ -8,8 +8,20 @@ import pytorch_msssim
 import torch
 import torch.nn.functional as F
 
+from kd_det.losses import ssim as ssim_module
 from kd_det.losses.ssim import (SSIMLoss, _MeanSSIM, gaussian_blur, gaussian_window,
                                  minmax_normalize, ssim_loss, ssim_map)
+
+
+@pytest.fixture
+def small_blur_blocks(monkeypatch):
+    """Blur every side in blocks of 3 outputs (CPU sides of 64 or more are blurred in blocks of
+    16): blocks narrower than the window, at both edges and in the middle."""
+    ssim_module._blur_blocks.cache_clear()
+    monkeypatch.setattr(ssim_module, '_BLOCK', 3)
+    monkeypatch.setattr(ssim_module, '_BLOCKED_FROM', 1)
+    yield
+    ssim_module._blur_blocks.cache_clear()
 
 
 def structured_pair(n, c, h, w):
@@ -36,7 +48,7 @@ PAIRS = [random_pair, structured_pair]
 
 
 @pytest.mark.parametrize('make_pair', PAIRS)
-@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 4, 13, 21), (2, 2, 6, 9)])
+@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 4, 13, 21), (2, 2, 6, 9), (1, 2, 67, 100)])
 def test_same_matches_kornia(make_pair, shape):
     x, y = make_pair(*shape)
     expected = kornia.metrics.ssim(x.double(), y.double(), 11, max_val=1.0, padding='same')
@@ -48,7 +60,8 @@ def test_same_matches_kornia(make_pair, shape):
 
 
 @pytest.mark.parametrize('make_pair', PAIRS)
-@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 2, 13, 21), (2, 2, 8, 30), (1, 2, 5, 7)])
+@pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 2, 13, 21), (2, 2, 8, 30), (1, 2, 5, 7),
+                                   (1, 2, 67, 100)])
 def test_valid_matches_pytorch_msssim(make_pair, shape):
     """Per-channel SSIM ('valid', data_range 1); sides shorter than 11 are not blurred."""
     x, y = make_pair(*shape)
@@ -75,6 +88,28 @@ def test_same_small_sides_reflect_repeatedly(size):
     window = gaussian_window(11, 1.5)
     expected = F.conv2d(padded[None, None], (window[:, None] * window)[None, None])
     torch.testing.assert_close(gaussian_blur(x), expected)
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('shape', [(1, 2, 14, 17), (1, 1, 3, 5)])
+def test_blocked_blur_matches_kornia_and_autograd(small_blur_blocks, padding, shape):
+    """Blurring in blocks changes nothing: the loss against kornia / pytorch_msssim, and the
+    analytic backward (blocked adjoint) against autograd through the blocked blur."""
+    x, y = structured_pair(*shape)
+    x, y = x.double(), y.double()
+    expected = None  # sides shorter than the window: neither reference takes them
+    if min(shape[2:]) >= 11 and padding == 'same':
+        expected = kornia.losses.ssim_loss(x, y, 11, max_val=1.0)
+    elif min(shape[2:]) >= 11:
+        expected = (1 - pytorch_msssim.ssim(x, y, data_range=1.0, nonnegative_ssim=False)) / 2
+    student = x.requires_grad_()
+    loss = ssim_loss(student, y, padding=padding, normalize=None)
+    if expected is not None:
+        torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+    reference = reference_loss(student, y, padding, None)
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(torch.autograd.grad(loss, student)[0],
+                               torch.autograd.grad(reference, student)[0])
 
 
 def test_loss_equals_mean_of_map_and_matches_kornia_after_normalisation():
@@ -138,10 +173,11 @@ def reference_loss(student, teacher, padding, normalize):
 
 @pytest.mark.parametrize('padding', ['same', 'valid'])
 @pytest.mark.parametrize('normalize', ['channel', 'image', 'level', None])
-def test_fused_backward_matches_autograd(padding, normalize):
+@pytest.mark.parametrize('shape', [(2, 3, 14, 17), (1, 2, 64, 70)])
+def test_fused_backward_matches_autograd(padding, normalize, shape):
     """The analytic backward (normalisation included) against autograd, in float64."""
-    student = torch.rand(2, 3, 14, 17, dtype=torch.float64, requires_grad=True)
-    teacher = torch.rand(2, 3, 14, 17, dtype=torch.float64)
+    student = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    teacher = torch.rand(*shape, dtype=torch.float64)
     if normalize is not None:
         student = (3 * student - 1).detach().requires_grad_()
     loss = ssim_loss(student, teacher, padding=padding, normalize=normalize)
@@ -165,10 +201,28 @@ def test_channel_chunks_give_the_same_loss(monkeypatch, padding):
     loss = SSIMLoss(padding=padding)
     whole = loss(student, teacher)
     grad_whole, = torch.autograd.grad(whole, student)
-    monkeypatch.setattr(_MeanSSIM, 'chunk_numel', 2 * 2 * 12 * 13)  # chunks of 2, 2, 1
+    monkeypatch.setattr(_MeanSSIM, 'cpu_chunk_numel', 2 * 2 * 12 * 13)  # chunks of 2, 2, 1
     chunked = loss(student, teacher)
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(torch.autograd.grad(chunked, student)[0], grad_whole)
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch):
+    """The forward computes dL/dx only when autograd will ask for it."""
+    adjoint_calls = []
+    blur = ssim_module._separable_blur
+
+    def counting_blur(*args, adjoint=False):
+        adjoint_calls.append(adjoint)
+        return blur(*args, adjoint=adjoint)
+
+    monkeypatch.setattr(ssim_module, '_separable_blur', counting_blur)
+    student, teacher = torch.rand(1, 2, 12, 12, requires_grad=True), torch.rand(1, 2, 12, 12)
+    with torch.no_grad():
+        value = SSIMLoss()(student, teacher)
+    assert not any(adjoint_calls) and value.grad_fn is None
+    torch.testing.assert_close(SSIMLoss()(student, teacher), value)
+    assert any(adjoint_calls)
 
 
 def test_teacher_gets_no_gradient_and_constant_maps_stay_finite():

@@ -10,8 +10,10 @@ Columns: median wall time of forward + backward over the levels, its ratio to Fe
 and the peak extra memory above the inputs during one forward + backward: on CUDA the peak of
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before; on CPU the rise of the
 process's peak resident set size (VmHWM, reset through /proc/self/clear_refs) over the resident
-size before, with glibc told to return freed blocks to the system. 'x inputs' divides it by
-the bytes of the student and teacher features the row uses.
+size before. 'x inputs' divides it by the bytes of the student and teacher features the row
+uses. All rows are timed first, with the allocator as training has it; only then is glibc told
+to return freed blocks to the system (which the CPU memory column needs, and which would charge
+every row page faults on fresh memory if it were on while timing).
 """
 import argparse
 import ctypes
@@ -117,6 +119,7 @@ def peak_extra_bytes(run, students, teachers, device) -> Optional[int]:
     for s in students:
         s.grad = None
     gc.collect()
+    return_freed_memory_to_os()
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -134,7 +137,8 @@ def peak_extra_bytes(run, students, teachers, device) -> Optional[int]:
 
 
 def return_freed_memory_to_os() -> None:
-    """Fix glibc's mmap and trim thresholds so freed tensors leave the resident set."""
+    """Fix glibc's mmap and trim thresholds so freed tensors leave the resident set, and hand
+    back what the allocator holds now."""
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:
@@ -142,6 +146,7 @@ def return_freed_memory_to_os() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 128 * 1024)
     libc.mallopt(m_trim_threshold, 128 * 1024)
+    libc.malloc_trim(0)
 
 
 def main() -> None:
@@ -159,7 +164,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.size or ((800, 1333) if device.type == 'cuda' else (512, 512))
-    return_freed_memory_to_os()
     warnings.filterwarnings('ignore', message='Skipping Gaussian Smoothing')
 
     shapes = level_shapes(args.batch, args.channels, *size)
@@ -187,11 +191,10 @@ def main() -> None:
           f'channels {args.channels}, median of {args.repeats}')
     memory = 'CUDA max allocated' if device.type == 'cuda' else 'peak RSS rise'
     print(f'{"loss":34s} {"ms":>9s} {"x MSE":>7s} {memory + " MB":>22s} {"x inputs":>9s}')
-    mse_ms = None
-    for name, run in rows:
-        ms = time_ms(run, students, teachers, device, args.repeats)
+    times = [time_ms(run, students, teachers, device, args.repeats) for _, run in rows]
+    mse_ms = times[0]
+    for (name, run), ms in zip(rows, times):
         extra = peak_extra_bytes(run, students, teachers, device)
-        mse_ms = mse_ms or ms
         inputs = sum(level_bytes[:run.levels])
         memory_cols = (f'{extra / 2**20:22.1f} {extra / inputs:9.2f}' if extra is not None
                        else f'{"n/a":>22s} {"n/a":>9s}')
