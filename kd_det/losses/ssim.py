@@ -1,11 +1,16 @@
 """SSIM feature-distillation loss (de Rijk et al., NeurIPS 2022, arXiv 2211.13133)."""
+import os
+import warnings
 from functools import lru_cache
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from mmengine.logging import print_log
 
 from mmdet.registry import MODELS
 from .utils import (as_float32_pair, check_feature_pair, check_non_negative,
@@ -149,36 +154,177 @@ def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6)
     return ((flat - low) / (high - low + eps)).reshape_as(x)
 
 
-def _minmax_stats(x: Tensor, start: int) -> Tuple[Tensor, ...]:
-    """min, max - min and the flat positions of the min and max of ``x`` over its dims from
-    ``start`` on (see :data:`_NORMALIZE_START_DIM`), as (..., 1)."""
-    flat = x.flatten(start)
-    low, arg_low = flat.min(-1, keepdim=True)
-    high, arg_high = flat.max(-1, keepdim=True)
-    return low, high - low, arg_low, arg_high
+def _group_minmax(x: Tensor, y: Tensor, start: Optional[int],
+                  eps: float) -> Tuple[Tensor, ...]:
+    """Min-max statistics over the dims from ``start`` on (see :data:`_NORMALIZE_START_DIM`):
+    x_low, x_inv = 1 / (max - min + eps), y_low, y_inv, shaped to broadcast over (N, C, H, W),
+    and the flat positions of the min and max of x in each group, (..., 1). ``start=None``:
+    no normalisation (low 0, inv 1, no positions)."""
+    if start is None:
+        zero, one = x.new_zeros((1, 1, 1, 1)), x.new_ones((1, 1, 1, 1))
+        return zero, one, zero, one, None, None
+    flat_x, flat_y = x.flatten(start), y.flatten(start)
+    x_low, arg_low = flat_x.min(-1, keepdim=True)
+    x_high, arg_high = flat_x.max(-1, keepdim=True)
+    y_low = flat_y.amin(-1, keepdim=True)
+    y_high = flat_y.amax(-1, keepdim=True)
+    shape = x_low.shape[:-1] + (1,) * (5 - x_low.dim())
+    x_inv = x_high.sub_(x_low).add_(eps).reciprocal_()
+    y_inv = y_high.sub_(y_low).add_(eps).reciprocal_()
+    return (x_low.view(shape), x_inv.view(shape), y_low.view(shape), y_inv.view(shape),
+            arg_low, arg_high)
 
 
-def _as_4d(stat: Tensor) -> Tensor:
-    """A (..., 1) statistic of :func:`_minmax_stats` viewed to broadcast over (N, C, H, W)."""
-    return stat.view(stat.shape[:-1] + (1,) * (5 - stat.dim()))
+_KERNEL_SOURCE = Path(__file__).with_name('ssim_cpu.cpp')
+
+
+@lru_cache(maxsize=None)
+def _cpu_kernel():
+    """The fused C++ SSIM kernel (ssim_cpu.cpp) for float32 on CPU, compiled on first use and
+    cached by torch (under $TORCH_EXTENSIONS_DIR); None, with a warning, where it cannot be
+    built. KD_DET_SSIM_KERNEL=0 turns it off."""
+    if os.environ.get('KD_DET_SSIM_KERNEL', '1') == '0':
+        return None
+    print_log('kd_det: loading the fused SSIM CPU kernel (the first time on a machine it is '
+              'compiled, about 30 s)', logger='current')
+    try:
+        from torch.utils.cpp_extension import load
+        return load('kd_det_ssim_cpu', [str(_KERNEL_SOURCE)], extra_cflags=['-O3', '-fopenmp'],
+                    extra_ldflags=['-fopenmp'])
+    except Exception as error:  # no compiler, no ninja, an unsupported platform
+        warnings.warn(f'kd_det: the fused SSIM CPU kernel could not be built ({error}); '
+                      'SSIMLoss falls back to its PyTorch implementation, about 2.5x slower')
+        return None
+
+
+@lru_cache(maxsize=256)
+def _kernel_blur_table(size: int, window_size: int, sigma: float,
+                       padding: str) -> Tuple[Tensor, Tensor, int]:
+    """A blur along one side for ssim_cpu.cpp: the taps (float32), the source index of each
+    padded position (int64, length out + taps - 1) and the output length."""
+    if padding == 'valid' and size < window_size:  # not blurred: one tap of 1
+        return torch.ones(1), torch.arange(size), size
+    window = gaussian_window(window_size, sigma).float()
+    if padding == 'valid':
+        return window, torch.arange(size), size - window_size + 1
+    return window, _reflect(torch.arange(size + window_size - 1) - window_size // 2, size), size
+
+
+def _ssim_sums_kernel(kernel, x: Tensor, y: Tensor, start: Optional[int], eps: float,
+                      grad_scale: float, window_size: int, sigma: float, c1: float, c2: float,
+                      padding: str, needs_grad: bool) -> Tuple[Optional[Tensor], ...]:
+    """:func:`_ssim_sums_torch` by the fused CPU kernel, which also finds the statistics of
+    the default granularity ('channel') itself. Returns its four results, then x_inv and the
+    positions of the min and max of x per group (see :func:`_group_minmax`)."""
+    n, channels, height, width = x.shape
+    window_h, src_h, out_h = _kernel_blur_table(height, window_size, sigma, padding)
+    window_w, src_w, out_w = _kernel_blur_table(width, window_size, sigma, padding)
+    slices = n * channels
+    if start == 2:  # per slice: the kernel's own
+        x_low, x_inv, y_low, y_inv = x.new_empty((4, slices))
+        arg_low, arg_high = x.new_empty((2, slices), dtype=torch.int64)
+        stats_eps = eps
+        group_inv = x_inv
+    else:
+        *stats, arg_low, arg_high = _group_minmax(x, y, start, eps)
+        group_inv = stats[1]
+        x_low, x_inv, y_low, y_inv = (stat.expand(n, channels, 1, 1).reshape(-1).contiguous()
+                                      for stat in stats)
+        stats_eps = -1.0  # read the statistics
+    unused = x.new_empty(0, dtype=torch.int64)
+    ssim_sums, grad_x, sum_g, sum_gx = kernel.ssim_forward(
+        x.reshape(slices, height, width).contiguous(),
+        y.reshape(slices, height, width).contiguous(), x_low, x_inv, y_low, y_inv,
+        arg_low if start == 2 else unused, arg_high if start == 2 else unused, stats_eps,
+        window_h, src_h, window_w, src_w, out_h, out_w, c1, c2, needs_grad, grad_scale)
+    if start == 2:
+        group_inv, arg_low, arg_high = (t.view(n, channels, 1)
+                                        for t in (group_inv, arg_low, arg_high))
+    return (ssim_sums.sum().float(), grad_x.view(x.shape) if needs_grad else None,
+            sum_g.view(n, channels).float(), sum_gx.view(n, channels).float(), group_inv,
+            arg_low, arg_high)
+
+
+def _ssim_sums_torch(x: Tensor, y: Tensor, x_low: Tensor, x_inv: Tensor, y_low: Tensor,
+                     y_inv: Tensor, grad_scale: float, window_size: int, sigma: float,
+                     c1: float, c2: float, padding: str,
+                     needs_grad: bool) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+    """Sum of SSIM over x_n = (x - x_low) x_inv and y_n likewise (the stats broadcast over
+    (N, C, H, W)) and, with ``needs_grad``, g = d sum(S) / d x_n halved: returns the sum,
+    g x_inv grad_scale (N, C, H, W) and the per channel sums of g and of g x_n (N, C).
+
+    The maps go through SSIM in chunks of channels small enough to stay in the CPU cache
+    (and to bound the temporary memory); each chunk's g comes right away from the three
+    partial derivatives of SSIM, blurred back with the transposed blur.
+    """
+    n, channels, height, width = x.shape
+    grad_x = torch.empty_like(x) if needs_grad else None
+    sum_g, sum_gx = x.new_zeros((2, n, channels))
+
+    def chunk_of(stat: Tensor, lo: int, hi: int) -> Tensor:
+        return stat[:, lo:hi] if stat.shape[1] == channels else stat
+
+    chunk_numel = (_MeanSSIM.cpu_chunk_numel if x.device.type == 'cpu'
+                   else _MeanSSIM.device_chunk_numel)
+    step = max(1, chunk_numel // (n * height * width))
+    total = x.new_zeros(())
+    c1_tensor = x.new_full((), c1)
+    for lo in range(0, channels, step):
+        hi = min(lo + step, channels)
+        # the maps to blur: x_n, y_n, x_n^2 + y_n^2, x_n y_n
+        maps = x.new_empty((4, n, hi - lo, height, width))
+        xn, yn = maps[0], maps[1]
+        torch.sub(x[:, lo:hi], chunk_of(x_low, lo, hi), out=xn)
+        torch.sub(y[:, lo:hi], chunk_of(y_low, lo, hi), out=yn)
+        xn.mul_(chunk_of(x_inv, lo, hi))
+        yn.mul_(chunk_of(y_inv, lo, hi))
+        torch.mul(xn, xn, out=maps[2]).addcmul_(yn, yn)
+        torch.mul(xn, yn, out=maps[3])
+        mu_x, mu_y, e_sq, e_xy = gaussian_blur(maps, window_size, sigma, padding)
+        # SSIM = lum_num cs_num / (lum_den cs_den) (see ssim_map), with
+        # cs_num = 2 E[xy] - lum_num + C1 + C2 and cs_den = E[x^2 + y^2] - lum_den + C1 + C2
+        lum_num = torch.addcmul(c1_tensor, mu_x, mu_y, value=2)
+        lum_den = torch.addcmul(c1_tensor, mu_x, mu_x).addcmul_(mu_y, mu_y)
+        cs_num = e_xy.mul_(2).sub_(lum_num).add_(c1 + c2)
+        cs_den = e_sq.sub_(lum_den).add_(c1 + c2)
+        inv_den = (lum_den * cs_den).reciprocal_()
+        # halved partials of S: d/d mu_x, -d/d E[x^2 + y^2], d/d E[xy]
+        partials = torch.empty((3,) + inv_den.shape, dtype=x.dtype, device=x.device)
+        d_mu, d_sq, d_xy = partials
+        torch.mul(lum_num, inv_den, out=d_xy)
+        ssim = d_xy * cs_num
+        total += ssim.sum()
+        if not needs_grad:
+            continue
+        # (mu_y (cs_num - lum_num) + mu_x S (lum_den - cs_den)) / (lum_den cs_den)
+        torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y)
+        d_mu.addcmul_(lum_den.sub_(cs_den).mul_(ssim), mu_x).mul_(inv_den)
+        torch.div(ssim, cs_den, out=d_sq)
+        g_mu, g_sq, g_xy = _separable_blur(partials, (height, width), window_size, sigma,
+                                           padding, adjoint=True)
+        g = g_mu.addcmul_(xn, g_sq, value=-1).addcmul_(yn, g_xy)
+        sum_g[:, lo:hi] = g.sum((2, 3))
+        sum_gx[:, lo:hi] = torch.linalg.vecdot(g.flatten(2), xn.flatten(2))
+        torch.mul(g, chunk_of(x_inv, lo, hi) * grad_scale, out=grad_x[:, lo:hi])
+    return total, grad_x, sum_g, sum_gx
 
 
 class _MeanSSIM(torch.autograd.Function):
     """mean(ssim_map(minmax_normalize(x), minmax_normalize(y))) (or of x, y themselves when
     ``granularity`` is None), differentiable in x only; y is a constant.
 
-    The maps go through SSIM in chunks of channels small enough to stay in the CPU cache
-    (and to bound the temporary memory). When x needs a gradient, each chunk's gradient is
-    computed right away from the three partial derivatives of SSIM (blurred back with the
-    transposed blur) and the whole dL/dx is saved, so backward only scales it. The min-max
-    normalisation's derivative, with D = max - min + eps and g = dL/d(normalised x): g / D,
-    plus -sum(g (1 - x_n)) / D at the minimum and -sum(g x_n) / D at the maximum. Where
-    several elements tie for the min (max), that term goes to one of them, whereas autograd
-    through amin / amax splits it evenly among them.
+    float32 on CPU goes through the fused C++ kernel when it is available, everything else
+    through :func:`_ssim_sums_torch`. When x needs a gradient, the forward computes the whole
+    dL/dx and saves only it, so backward just scales it. The min-max normalisation's
+    derivative, with D = max - min + eps and g = dL/d(normalised x): g / D, plus
+    -sum(g (1 - x_n)) / D at the minimum and -sum(g x_n) / D at the maximum. Where several
+    elements tie for the min (max), that term goes to one of them, whereas autograd through
+    amin / amax splits it evenly among them.
     """
 
-    # input elements per chunk: on CPU 256 KiB a map, so that a chunk's dozen maps stay in the
-    # cache (the fastest of 2^14..2^20 at 512x512); elsewhere more, for fewer kernel launches
+    # input elements per chunk of the PyTorch path: on CPU 256 KiB a map, so that a chunk's
+    # dozen maps stay in the cache (the fastest of 2^14..2^20 at 512x512); elsewhere more,
+    # for fewer kernel launches
     cpu_chunk_numel = 2**16
     device_chunk_numel = 2**24
 
@@ -190,79 +336,27 @@ class _MeanSSIM(torch.autograd.Function):
         out_size = (_blurred_size(height, window_size, padding),
                     _blurred_size(width, window_size, padding))
         count = n * channels * out_size[0] * out_size[1]
-        start = None if granularity is None else _NORMALIZE_START_DIM[granularity]
-        if start is not None:
-            x_low, x_range, arg_low, arg_high = _minmax_stats(x, start)
-            y_low = y.flatten(start).amin(-1, keepdim=True)
-            y_range = y.flatten(start).amax(-1, keepdim=True).sub_(y_low)
-            x_inv, y_inv = x_range.add_(eps).reciprocal_(), y_range.add_(eps).reciprocal_()
-            group_shape = arg_low.shape
-            x_low, x_inv, y_low, y_inv = map(_as_4d, (x_low, x_inv, y_low, y_inv))
-            # per channel sums of g and g x_n, for the min and max terms
-            sum_g, sum_gx = x.new_zeros((2, n, channels))
-        grad_x = torch.empty_like(x) if needs_grad else None
         grad_scale = 2 / count  # d mean(S) / dx = 2 / count * (halved partials blurred back)
-
-        def chunk_of(stat: Tensor, lo: int, hi: int) -> Tensor:
-            return stat[:, lo:hi] if stat.shape[1] == channels else stat
-
-        chunk_numel = (_MeanSSIM.cpu_chunk_numel if x.device.type == 'cpu'
-                       else _MeanSSIM.device_chunk_numel)
-        step = max(1, chunk_numel // (n * height * width))
-        total = x.new_zeros(())
-        c1_tensor = x.new_full((), c1)
-        for lo in range(0, channels, step):
-            hi = min(lo + step, channels)
-            # the maps to blur: x_n, y_n, x_n^2 + y_n^2, x_n y_n
-            maps = x.new_empty((4, n, hi - lo, height, width))
-            xn, yn = maps[0], maps[1]
-            if start is None:
-                xn.copy_(x[:, lo:hi])
-                yn.copy_(y[:, lo:hi])
-            else:
-                torch.sub(x[:, lo:hi], chunk_of(x_low, lo, hi), out=xn)
-                torch.sub(y[:, lo:hi], chunk_of(y_low, lo, hi), out=yn)
-                xn.mul_(chunk_of(x_inv, lo, hi))
-                yn.mul_(chunk_of(y_inv, lo, hi))
-            torch.mul(xn, xn, out=maps[2]).addcmul_(yn, yn)
-            torch.mul(xn, yn, out=maps[3])
-            mu_x, mu_y, e_sq, e_xy = gaussian_blur(maps, window_size, sigma, padding)
-            # SSIM = lum_num cs_num / (lum_den cs_den) (see ssim_map), with
-            # cs_num = 2 E[xy] - lum_num + C1 + C2 and cs_den = E[x^2 + y^2] - lum_den + C1 + C2
-            lum_num = torch.addcmul(c1_tensor, mu_x, mu_y, value=2)
-            lum_den = torch.addcmul(c1_tensor, mu_x, mu_x).addcmul_(mu_y, mu_y)
-            cs_num = e_xy.mul_(2).sub_(lum_num).add_(c1 + c2)
-            cs_den = e_sq.sub_(lum_den).add_(c1 + c2)
-            inv_den = (lum_den * cs_den).reciprocal_()
-            # halved partials of S: d/d mu_x, -d/d E[x^2 + y^2], d/d E[xy]
-            partials = torch.empty((3,) + inv_den.shape, dtype=x.dtype, device=x.device)
-            d_mu, d_sq, d_xy = partials
-            torch.mul(lum_num, inv_den, out=d_xy)
-            ssim = d_xy * cs_num
-            total += ssim.sum()
-            if not needs_grad:
-                continue
-            # (mu_y (cs_num - lum_num) + mu_x S (lum_den - cs_den)) / (lum_den cs_den)
-            torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y)
-            d_mu.addcmul_(lum_den.sub_(cs_den).mul_(ssim), mu_x).mul_(inv_den)
-            torch.div(ssim, cs_den, out=d_sq)
-            g_mu, g_sq, g_xy = _separable_blur(partials, (height, width), window_size, sigma,
-                                               padding, adjoint=True)
-            g = g_mu.addcmul_(xn, g_sq, value=-1).addcmul_(yn, g_xy)
-            if start is None:
-                grad_x[:, lo:hi] = g.mul_(grad_scale)
-                continue
-            sum_g[:, lo:hi] = g.sum((2, 3))
-            sum_gx[:, lo:hi] = torch.linalg.vecdot(g.flatten(2), xn.flatten(2))
-            torch.mul(g, chunk_of(x_inv, lo, hi) * grad_scale, out=grad_x[:, lo:hi])
+        start = None if granularity is None else _NORMALIZE_START_DIM[granularity]
+        kernel = _cpu_kernel() if x.device.type == 'cpu' and x.dtype == torch.float32 else None
+        if kernel is not None:
+            total, grad_x, sum_g, sum_gx, x_inv, arg_low, arg_high = _ssim_sums_kernel(
+                kernel, x, y, start, eps, grad_scale, window_size, sigma, c1, c2, padding,
+                needs_grad)
+        else:
+            x_low, x_inv, y_low, y_inv, arg_low, arg_high = _group_minmax(x, y, start, eps)
+            total, grad_x, sum_g, sum_gx = _ssim_sums_torch(
+                x, y, x_low, x_inv, y_low, y_inv, grad_scale, window_size, sigma, c1, c2,
+                padding, needs_grad)
         if needs_grad:
             if start is not None:
                 # x_n = (x - min) / D: the min and max terms, summed over each normalised group
                 if start < 2:  # sum the channels (and images) of each group
                     sum_g, sum_gx = sum_g.flatten(start).sum(-1), sum_gx.flatten(start).sum(-1)
+                group_shape = arg_low.shape
                 d_high = sum_gx.view(group_shape)
                 d_low = sum_g.view(group_shape).sub_(d_high)
-                flat_scale = x_inv.view(group_shape) * grad_scale
+                flat_scale = x_inv.reshape(group_shape) * grad_scale
                 flat_grad = grad_x.flatten(start)
                 flat_grad.scatter_add_(-1, arg_low, d_low.mul_(flat_scale).neg_())
                 flat_grad.scatter_add_(-1, arg_high, d_high.mul_(flat_scale).neg_())

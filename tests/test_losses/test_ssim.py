@@ -7,10 +7,26 @@ import pytest
 import pytorch_msssim
 import torch
 import torch.nn.functional as F
+import torch.utils.cpp_extension
 
 from kd_det.losses import ssim as ssim_module
 from kd_det.losses.ssim import (SSIMLoss, _MeanSSIM, gaussian_blur, gaussian_window,
                                  minmax_normalize, ssim_loss, ssim_map)
+
+
+@pytest.fixture(params=['kernel', 'torch'])
+def ssim_impl(request, monkeypatch):
+    """float32 on CPU through the fused C++ kernel (which must build) or through PyTorch."""
+    if request.param == 'torch':
+        monkeypatch.setattr(ssim_module, '_cpu_kernel', lambda: None)
+    else:
+        assert ssim_module._cpu_kernel() is not None, 'the fused SSIM CPU kernel did not build'
+    return request.param
+
+
+@pytest.fixture
+def torch_impl(monkeypatch):
+    monkeypatch.setattr(ssim_module, '_cpu_kernel', lambda: None)
 
 
 @pytest.fixture
@@ -49,7 +65,7 @@ PAIRS = [random_pair, structured_pair]
 
 @pytest.mark.parametrize('make_pair', PAIRS)
 @pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 4, 13, 21), (2, 2, 6, 9), (1, 2, 67, 100)])
-def test_same_matches_kornia(make_pair, shape):
+def test_same_matches_kornia(ssim_impl, make_pair, shape):
     x, y = make_pair(*shape)
     expected = kornia.metrics.ssim(x.double(), y.double(), 11, max_val=1.0, padding='same')
     torch.testing.assert_close(ssim_map(x.double(), y.double()), expected, rtol=0, atol=1e-5)
@@ -62,7 +78,7 @@ def test_same_matches_kornia(make_pair, shape):
 @pytest.mark.parametrize('make_pair', PAIRS)
 @pytest.mark.parametrize('shape', [(2, 3, 32, 40), (1, 2, 13, 21), (2, 2, 8, 30), (1, 2, 5, 7),
                                    (1, 2, 67, 100)])
-def test_valid_matches_pytorch_msssim(make_pair, shape):
+def test_valid_matches_pytorch_msssim(ssim_impl, make_pair, shape):
     """Per-channel SSIM ('valid', data_range 1); sides shorter than 11 are not blurred."""
     x, y = make_pair(*shape)
     x, y = x.double(), y.double()
@@ -196,7 +212,7 @@ def test_gradcheck_coarse_normalisation(normalize):
 
 
 @pytest.mark.parametrize('padding', ['same', 'valid'])
-def test_channel_chunks_give_the_same_loss(monkeypatch, padding):
+def test_channel_chunks_give_the_same_loss(torch_impl, monkeypatch, padding):
     student, teacher = torch.randn(2, 5, 12, 13, requires_grad=True), torch.randn(2, 5, 12, 13)
     loss = SSIMLoss(padding=padding)
     whole = loss(student, teacher)
@@ -207,22 +223,70 @@ def test_channel_chunks_give_the_same_loss(monkeypatch, padding):
     torch.testing.assert_close(torch.autograd.grad(chunked, student)[0], grad_whole)
 
 
-def test_no_gradient_work_under_no_grad(monkeypatch):
+def test_no_gradient_work_under_no_grad(ssim_impl, monkeypatch):
     """The forward computes dL/dx only when autograd will ask for it."""
-    adjoint_calls = []
-    blur = ssim_module._separable_blur
+    grad_computed = []
+    if ssim_impl == 'torch':
+        blur = ssim_module._separable_blur
 
-    def counting_blur(*args, adjoint=False):
-        adjoint_calls.append(adjoint)
-        return blur(*args, adjoint=adjoint)
+        def spy(*args, adjoint=False):
+            grad_computed.append(adjoint)
+            return blur(*args, adjoint=adjoint)
 
-    monkeypatch.setattr(ssim_module, '_separable_blur', counting_blur)
+        monkeypatch.setattr(ssim_module, '_separable_blur', spy)
+    else:
+        kernel = ssim_module._cpu_kernel()
+
+        class Spy:
+            @staticmethod
+            def ssim_forward(*args):
+                grad_computed.append(args[-2])  # needs_grad
+                return kernel.ssim_forward(*args)
+
+        monkeypatch.setattr(ssim_module, '_cpu_kernel', lambda: Spy)
     student, teacher = torch.rand(1, 2, 12, 12, requires_grad=True), torch.rand(1, 2, 12, 12)
     with torch.no_grad():
         value = SSIMLoss()(student, teacher)
-    assert not any(adjoint_calls) and value.grad_fn is None
+    assert grad_computed and not any(grad_computed) and value.grad_fn is None
     torch.testing.assert_close(SSIMLoss()(student, teacher), value)
-    assert any(adjoint_calls)
+    assert any(grad_computed)
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('normalize', ['channel', 'image', 'level', None])
+@pytest.mark.parametrize('shape', [(2, 3, 14, 17), (1, 2, 67, 100), (2, 2, 1, 1), (1, 3, 3, 12)])
+def test_kernel_matches_float64_autograd(padding, normalize, shape):
+    # float32 against float64: on constant windows (1x1 levels) E[x^2] - mu^2 cancels
+    # against C2 = 9e-4, which costs both implementations about 1e-4 of the gradient there
+    """The fused CPU kernel (float32) against autograd through the SSIM map in float64."""
+    assert ssim_module._cpu_kernel() is not None, 'the fused SSIM CPU kernel did not build'
+    teacher = torch.rand(shape)
+    student = (teacher + 0.5 * torch.rand(shape)).requires_grad_()
+    if normalize is not None:
+        student, teacher = (3 * student - 1).detach().requires_grad_(), 2 * teacher + 1
+    loss = ssim_loss(student, teacher, padding=padding, normalize=normalize)
+    grad, = torch.autograd.grad(loss, student)
+    student64 = student.detach().double().requires_grad_()
+    expected = reference_loss(student64, teacher.double(), padding, normalize)
+    expected_grad, = torch.autograd.grad(expected, student64)
+    torch.testing.assert_close(loss.double(), expected, rtol=0, atol=5e-5)
+    relative = 1e-3 if min(shape[2:]) == 1 else 1e-4
+    atol = relative * expected_grad.abs().max().item() + 1e-10
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=0, atol=atol)
+
+
+def test_kernel_off_by_environment_and_fallback_on_build_failure(monkeypatch):
+    build = ssim_module._cpu_kernel.__wrapped__
+    monkeypatch.setenv('KD_DET_SSIM_KERNEL', '0')
+    assert build() is None
+    monkeypatch.delenv('KD_DET_SSIM_KERNEL')
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError('Error building extension: g++ not found')
+
+    monkeypatch.setattr(torch.utils.cpp_extension, 'load', no_compiler)
+    with pytest.warns(UserWarning, match='g[+][+] not found.*falls back to its PyTorch'):
+        assert build() is None
 
 
 def test_teacher_gets_no_gradient_and_constant_maps_stay_finite():
