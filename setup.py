@@ -20,6 +20,7 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['kd_det', 'kd_det.*']),
+    package_data={'kd_det.losses': ['ssim_cpu.cpp']},
     python_requires='>=3.8',
     # Compatible ranges; the tested versions are pinned in requirements/pins.txt.
     install_requires=[
@@ -31,6 +32,7 @@ setup(
         'opencv-python',
         'pycocotools',
         'matplotlib',
+        'ninja',  # builds the fused SSIM CPU kernel on first use
     ],
     extras_require={'tests': ['pytest', 'kornia', 'pytorch_msssim']},
     zip_safe=False,

@@ -1,5 +1,6 @@
 """SSIM feature-distillation loss (de Rijk et al., NeurIPS 2022, arXiv 2211.13133)."""
 import os
+import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -180,17 +181,21 @@ _KERNEL_SOURCE = Path(__file__).with_name('ssim_cpu.cpp')
 
 @lru_cache(maxsize=None)
 def _cpu_kernel():
-    """The fused C++ SSIM kernel (ssim_cpu.cpp) for float32 on CPU, compiled on first use and
-    cached by torch (under $TORCH_EXTENSIONS_DIR); None, with a warning, where it cannot be
-    built. KD_DET_SSIM_KERNEL=0 turns it off."""
+    """The fused C++ SSIM kernel (ssim_cpu.cpp) for float32 on CPU, compiled with the system's
+    C++ compiler and ninja on first use and cached by torch (under $TORCH_EXTENSIONS_DIR,
+    default ~/.cache/torch_extensions); None, with a warning, where it cannot be built.
+    KD_DET_SSIM_KERNEL=0 turns it off."""
     if os.environ.get('KD_DET_SSIM_KERNEL', '1') == '0':
         return None
     print_log('kd_det: loading the fused SSIM CPU kernel (the first time on a machine it is '
               'compiled, about 30 s)', logger='current')
     try:
         from torch.utils.cpp_extension import load
-        return load('kd_det_ssim_cpu', [str(_KERNEL_SOURCE)], extra_cflags=['-O3', '-fopenmp'],
-                    extra_ldflags=['-fopenmp'])
+        if shutil.which('ninja') is None:  # the pip package's, outside an activated venv
+            import ninja
+            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+        return load('kd_det_ssim_cpu', [str(_KERNEL_SOURCE)],
+                    extra_cflags=['-O3', '-fopenmp-simd'])
     except Exception as error:  # no compiler, no ninja, an unsupported platform
         warnings.warn(f'kd_det: the fused SSIM CPU kernel could not be built ({error}); '
                       'SSIMLoss falls back to its PyTorch implementation, about 2.5x slower')

@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -357,7 +358,7 @@ std::vector<at::Tensor> ssim_forward(const at::Tensor& x, const at::Tensor& y, a
   double* ss = ssim_sum.data_ptr<double>();
   double* sg = sum_g.data_ptr<double>();
   double* sgx = sum_gx.data_ptr<double>();
-  at::parallel_for(0, S, 1, [&](int64_t begin, int64_t end) {
+  auto work = [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     std::vector<const float*> ptrs;
     for (int64_t s = begin; s < end; ++s) {
@@ -366,7 +367,15 @@ std::vector<at::Tensor> ssim_forward(const at::Tensor& x, const at::Tensor& y, a
             bw, (float)c1, (float)c2, needs_grad, (float)grad_scale,
             needs_grad ? gp + s * H * W : nullptr, ss + s, sg + s, sgx + s, buf, ptrs);
     }
-  });
+  };
+  // torch's thread count, in plain threads (no second OpenMP runtime next to torch's)
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), S));
+  const int64_t per_thread = (S + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t begin = per_thread; begin < S; begin += per_thread)
+    pool.emplace_back(work, begin, std::min(S, begin + per_thread));
+  work(0, std::min(S, per_thread));
+  for (auto& thread : pool) thread.join();
   return {ssim_sum, grad, sum_g, sum_gx};
 }
 
