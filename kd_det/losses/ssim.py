@@ -398,7 +398,9 @@ class SSIMLoss(nn.Module):
     Both features are min-max normalised to [0, 1] (default per image and channel, so every
     channel is an image with dynamic range L = 1; the paper leaves the granularity open), then
     loss = loss_weight * mean over (N, C, H, W) of (1 - SSIM) / 2, in [0, loss_weight].
-    Computed in float32 even under autocast; the teacher is treated as a constant.
+    Computed in float32 even under autocast; the teacher is treated as a constant. On CPU a
+    fused C++ kernel (ssim_cpu.cpp, compiled on first use) computes value and gradient;
+    elsewhere, or without a compiler, the same computation runs in PyTorch.
 
     Args:
         loss_weight: multiplier of the loss (the paper's lambda: 2 or 4 summed over levels).

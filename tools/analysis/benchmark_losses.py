@@ -34,6 +34,7 @@ from kd_det.losses.cwd import CWDLoss
 from kd_det.losses.feature_mse import FeatureMSELoss
 from kd_det.losses.pkd import PKDLoss
 from kd_det.losses.rcka import RCKALoss
+from kd_det.losses import ssim as ssim_module
 from kd_det.losses.ssim import SSIMLoss
 
 STRIDES = (4, 8, 16, 32, 64)
@@ -77,6 +78,19 @@ def per_level(loss: Callable[[Tensor, Tensor], Tensor], levels: int = len(STRIDE
     def run(students: Sequence[Tensor], teachers: Sequence[Tensor]) -> Tensor:
         return sum(loss(s, t) for s, t in zip(students[:levels], teachers[:levels]))
     run.levels = levels
+    return run
+
+
+def without_cpu_kernel(loss: Callable[[Tensor, Tensor], Tensor]):
+    """``loss`` through SSIMLoss's PyTorch implementation (what runs where the fused CPU
+    kernel cannot be built)."""
+    def run(student: Tensor, teacher: Tensor) -> Tensor:
+        kernel = ssim_module._cpu_kernel
+        ssim_module._cpu_kernel = lambda: None
+        try:
+            return loss(student, teacher)
+        finally:
+            ssim_module._cpu_kernel = kernel
     return run
 
 
@@ -179,6 +193,7 @@ def main() -> None:
         ('CWDLoss', per_level(CWDLoss())),
         ("SSIMLoss 'same'", per_level(SSIMLoss())),
         ("SSIMLoss 'valid'", per_level(SSIMLoss(padding='valid'))),
+        ("SSIMLoss 'same', PyTorch path", per_level(without_cpu_kernel(SSIMLoss()))),
         ('kornia.losses.ssim_loss', per_level(lambda s, t: kornia.losses.ssim_loss(s, t, 11))),
         ('pytorch_msssim.ssim', per_level(msssim_loss)),
         ('RCKALoss intra (4 lv)', per_level(RCKALoss(10.0), PCKA_LEVELS)),
