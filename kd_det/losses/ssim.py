@@ -39,26 +39,34 @@ def _reflect(index: Tensor, size: int) -> Tensor:
 
 
 @lru_cache(maxsize=256)
-def _blur_matrix(size: int, window_size: int, sigma: float, padding: str) -> Optional[Tensor]:
-    """Matrix B (size, out), float64, such that ``rows @ B`` blurs ``rows`` along the last dim.
+def _blur_table(size: int, window_size: int, sigma: float,
+                padding: str) -> Tuple[Tensor, Tensor, int]:
+    """The blur along one side of length ``size``: out[o] = sum_t w[t] in[src[o + t]].
 
-    'same': out = size, the input reflect-padded by window_size // 2 (folded into B).
-    'valid': out = size - window_size + 1; None (no blur) when size < window_size.
+    Returns the taps w (float64), src (int64, length out + taps - 1) and out.
+    'same': out = size, the input reflect-padded by window_size // 2 (folded into src).
+    'valid': out = size - window_size + 1; when size < window_size, no blur (one tap of 1).
     """
+    if padding == 'valid' and size < window_size:
+        return torch.ones(1, dtype=torch.float64), torch.arange(size), size
     window = gaussian_window(window_size, sigma)
-    taps = torch.arange(window_size)[:, None]
     if padding == 'valid':
-        if size < window_size:
-            return None
-        out = size - window_size + 1
-        src = torch.arange(out)[None, :] + taps
-    else:
-        out = size
-        src = _reflect(torch.arange(out)[None, :] + taps - window_size // 2, size)
-    dst = torch.arange(out).expand_as(src)
+        return window, torch.arange(size), size - window_size + 1
+    return window, _reflect(torch.arange(size + window_size - 1) - window_size // 2, size), size
+
+
+@lru_cache(maxsize=256)
+def _blur_matrix(size: int, window_size: int, sigma: float, padding: str) -> Optional[Tensor]:
+    """Matrix B (size, out), float64, such that ``rows @ B`` is :func:`_blur_table`'s blur
+    along the last dim; None where that blur is the identity."""
+    window, src, out = _blur_table(size, window_size, sigma, padding)
+    if len(window) == 1:
+        return None
+    taps = torch.arange(len(window))[:, None]
+    dst = torch.arange(out).expand(len(window), out)
     matrix = torch.zeros(size, out, dtype=torch.float64)
-    matrix.index_put_((src.reshape(-1), dst.reshape(-1)),
-                      window[:, None].expand_as(src).reshape(-1), accumulate=True)
+    matrix.index_put_((src[dst + taps].reshape(-1), dst.reshape(-1)),
+                      window[:, None].expand(-1, out).reshape(-1), accumulate=True)
     return matrix
 
 
@@ -202,19 +210,6 @@ def _cpu_kernel():
         return None
 
 
-@lru_cache(maxsize=256)
-def _kernel_blur_table(size: int, window_size: int, sigma: float,
-                       padding: str) -> Tuple[Tensor, Tensor, int]:
-    """A blur along one side for ssim_cpu.cpp: the taps (float32), the source index of each
-    padded position (int64, length out + taps - 1) and the output length."""
-    if padding == 'valid' and size < window_size:  # not blurred: one tap of 1
-        return torch.ones(1), torch.arange(size), size
-    window = gaussian_window(window_size, sigma).float()
-    if padding == 'valid':
-        return window, torch.arange(size), size - window_size + 1
-    return window, _reflect(torch.arange(size + window_size - 1) - window_size // 2, size), size
-
-
 def _ssim_sums_kernel(kernel, x: Tensor, y: Tensor, start: Optional[int], eps: float,
                       grad_scale: float, window_size: int, sigma: float, c1: float, c2: float,
                       padding: str, needs_grad: bool) -> Tuple[Optional[Tensor], ...]:
@@ -222,8 +217,8 @@ def _ssim_sums_kernel(kernel, x: Tensor, y: Tensor, start: Optional[int], eps: f
     the default granularity ('channel') itself. Returns its four results, then x_inv and the
     positions of the min and max of x per group (see :func:`_group_minmax`)."""
     n, channels, height, width = x.shape
-    window_h, src_h, out_h = _kernel_blur_table(height, window_size, sigma, padding)
-    window_w, src_w, out_w = _kernel_blur_table(width, window_size, sigma, padding)
+    window_h, src_h, out_h = _blur_table(height, window_size, sigma, padding)
+    window_w, src_w, out_w = _blur_table(width, window_size, sigma, padding)
     slices = n * channels
     if start == 2:  # per slice: the kernel's own
         x_low, x_inv, y_low, y_inv = x.new_empty((4, slices))
@@ -241,7 +236,8 @@ def _ssim_sums_kernel(kernel, x: Tensor, y: Tensor, start: Optional[int], eps: f
         x.reshape(slices, height, width).contiguous(),
         y.reshape(slices, height, width).contiguous(), x_low, x_inv, y_low, y_inv,
         arg_low if start == 2 else unused, arg_high if start == 2 else unused, stats_eps,
-        window_h, src_h, window_w, src_w, out_h, out_w, c1, c2, needs_grad, grad_scale)
+        window_h.float(), src_h, window_w.float(), src_w, out_h, out_w, c1, c2, needs_grad,
+        grad_scale)
     if start == 2:
         group_inv, arg_low, arg_high = (t.view(n, channels, 1)
                                         for t in (group_inv, arg_low, arg_high))

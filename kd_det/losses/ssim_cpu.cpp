@@ -22,31 +22,8 @@ namespace {
 #define KD_CLONES
 #endif
 
-// out[o] = sum_t w[t] in[o + t] (correlate) or sum_t w[t] rows[t][o] (combine), o < n, with
-// the taps known at compile time (K > 0) or not (K = 0)
-template <int K>
-KD_CLONES
-void correlate_k(const float* __restrict in, const float* __restrict w, int64_t k,
-                 float* __restrict out, int64_t n) {
-  if (K > 0) {
-    float wk[K > 0 ? K : 1];
-    for (int t = 0; t < K; ++t) wk[t] = w[t];
-#pragma omp simd
-    for (int64_t o = 0; o < n; ++o) {
-      float acc = 0.f;
-      for (int t = 0; t < K; ++t) acc += wk[t] * in[o + t];
-      out[o] = acc;
-    }
-    return;
-  }
-  for (int64_t o = 0; o < n; ++o) out[o] = 0.f;
-  for (int64_t t = 0; t < k; ++t) {
-    const float wt = w[t];
-#pragma omp simd
-    for (int64_t o = 0; o < n; ++o) out[o] += wt * in[o + t];
-  }
-}
-
+// out[o] = sum_t w[t] rows[t][o], o < n, with the taps known at compile time (K > 0) or not
+// (K = 0)
 template <int K>
 KD_CLONES
 void combine_k(const float* const* __restrict rows, const float* __restrict w, int64_t k,
@@ -72,23 +49,21 @@ void combine_k(const float* const* __restrict rows, const float* __restrict w, i
   }
 }
 
-// the same over M maps: in[m], out[m]; rows[m * k + t]
-template <int M>
-void correlate(const float* const* in, const float* w, int64_t k, float* const* out,
-               int64_t n) {
-  for (int m = 0; m < M; ++m) {
-    if (k == 11) correlate_k<11>(in[m], w, k, out[m], n);
-    else correlate_k<0>(in[m], w, k, out[m], n);
-  }
-}
-
-template <int M>
+// the same for each of `maps` maps: out[m][o] = sum_t w[t] rows[m * k + t][o]
 void combine(const float* const* rows, const float* w, int64_t k, float* const* out,
-             int64_t n) {
-  for (int m = 0; m < M; ++m) {
+             int64_t n, int maps) {
+  for (int m = 0; m < maps; ++m) {
     if (k == 11) combine_k<11>(rows + m * k, w, k, out[m], n);
     else combine_k<0>(rows + m * k, w, k, out[m], n);
   }
+}
+
+// out[m][o] = sum_t w[t] in[m][o + t]: combine over the k shifted copies of each row
+void correlate(const float* const* in, const float* w, int64_t k, float* const* out,
+               int64_t n, int maps, std::vector<const float*>& rows) {
+  for (int m = 0; m < maps; ++m)
+    for (int64_t t = 0; t < k; ++t) rows[m * k + t] = in[m] + t;
+  combine(rows.data(), w, k, out, n, maps);
 }
 
 KD_CLONES
@@ -232,7 +207,7 @@ void slice(const float* x, const float* y, float* x_low, float* x_inv, float* y_
   const int64_t Wp = Wo + bw.k - 1, Hp = Ho + bh.k - 1, Wz = Wo + 2 * (bw.k - 1);
   const int64_t HW = H * W, HWo = H * Wo, HoWo = Ho * Wo;
   buf.resize(2 * HW + 4 * HWo + 3 * HoWo + 3 * HWo + 4 * Wp + 3 * W + 4 * Wo + 3 * Wz + 3 * Wp);
-  ptrs.resize(4 * bh.k);
+  ptrs.resize(4 * std::max(bh.k, bw.k));
   float* xn = buf.data();
   float* yn = xn + HW;
   float* hb = yn + HW;          // 4 x H x Wo: horizontal pass
@@ -271,14 +246,14 @@ void slice(const float* x, const float* y, float* x_low, float* x_inv, float* y_
     }
     float* outs[4] = {hb + h * Wo, hb + HWo + h * Wo, hb + 2 * HWo + h * Wo,
                       hb + 3 * HWo + h * Wo};
-    correlate<4>(pads, bw.w, bw.k, outs, Wo);
+    correlate(pads, bw.w, bw.k, outs, Wo, 4, ptrs);
   }
   double total = 0.0;
   float* rows4[4] = {row, row + Wo, row + 2 * Wo, row + 3 * Wo};
   for (int64_t oh = 0; oh < Ho; ++oh) {
     for (int m = 0; m < 4; ++m)
       for (int64_t t = 0; t < bh.k; ++t) ptrs[m * bh.k + t] = hb + m * HWo + bh.src[oh + t] * Wo;
-    combine<4>(ptrs.data(), bh.w, bh.k, rows4, Wo);
+    combine(ptrs.data(), bh.w, bh.k, rows4, Wo, 4);
     total += ssim_row(row, row + Wo, row + 2 * Wo, row + 3 * Wo, c1, c2, pt + oh * Wo,
                       pt + HoWo + oh * Wo, pt + 2 * HoWo + oh * Wo, Wo, needs_grad);
   }
@@ -292,7 +267,7 @@ void slice(const float* x, const float* y, float* x_low, float* x_inv, float* y_
     const int64_t taps = t_hi - t_lo;
     for (int m = 0; m < 3; ++m)
       for (int64_t t = t_lo; t < t_hi; ++t) ptrs[m * taps + t - t_lo] = pt + m * HoWo + (p - t) * Wo;
-    combine<3>(ptrs.data(), bh.w + t_lo, taps, rows3, Wo);
+    combine(ptrs.data(), bh.w + t_lo, taps, rows3, Wo, 3);
     for (int m = 0; m < 3; ++m) {
       float* out = gv + m * HWo + bh.src[p] * Wo;
       const float* in = rows3[m];
@@ -309,7 +284,7 @@ void slice(const float* x, const float* y, float* x_low, float* x_inv, float* y_
     // gp[p] = sum_t w[t] in[p - t]: the zero-padded row correlated with the flipped taps
     for (int m = 0; m < 3; ++m)
       std::copy(gv + m * HWo + h * Wo, gv + m * HWo + h * Wo + Wo, zpad + m * Wz + bw.k - 1);
-    correlate<3>(zpads, bw.wflip, bw.k, gps, Wp);
+    correlate(zpads, bw.wflip, bw.k, gps, Wp, 3, ptrs);
     for (int m = 0; m < 3; ++m) fold(gps[m], bw, gin + m * W, W, Wp);
     float sg, sgx;
     grad_row(gin, gin + W, gin + 2 * W, xn + h * W, yn + h * W, grad_scale, grad + h * W, W,
