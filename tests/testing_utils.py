@@ -90,7 +90,7 @@ def save_random_teacher(path: str, config: str = DEMO_TEACHER, seed: int = 0) ->
     import torch
     from mmdet.registry import MODELS
 
-    from kd_det.models.feature_distill_detector import load_config
+    from kd_det.models import load_config
     torch.manual_seed(seed)
     model = MODELS.build(load_config(config).model)
     torch.save({'state_dict': model.state_dict()}, path)

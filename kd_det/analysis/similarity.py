@@ -218,21 +218,15 @@ def load_distill_checkpoint(model: nn.Module, filename: str) -> None:
 
 
 @torch.no_grad()
-def distill_features(model: nn.Module, inputs: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
-    """Student (through its connectors) and teacher features, as the distillation losses
-    compare them; a student level of another size is resized to the teacher's bilinearly."""
-    teacher = list(model.teacher_features(inputs))
-    if model.feature_source == 'backbone':
-        student = list(model.student.backbone(inputs))
-    else:
-        student = list(model.student.extract_feat(inputs))
-    for lvl, feat in enumerate(student):
-        if model.connectors is not None and model.connectors[lvl] is not None:
-            feat = model.connectors[lvl](feat)
-        if feat.shape[2:] != teacher[lvl].shape[2:]:
-            feat = F.interpolate(feat, size=teacher[lvl].shape[2:], mode='bilinear',
-                                 align_corners=False)
-        student[lvl] = feat
+def distill_features(model: nn.Module, inputs: Tensor) -> Tuple[Dict[int, Tensor],
+                                                                 Dict[int, Tensor]]:
+    """``({student level: student features}, {student level: teacher features})`` for every
+    paired level of the model's ``feature_source``, as the distillation losses compare them
+    (the student through its connectors, the teacher level of the same stride)."""
+    source = model.feature_source
+    run = model.student.backbone if source == 'backbone' else model.student.extract_feat
+    student, teacher = model.paired_features(list(run(inputs)), model.teacher_features(inputs),
+                                             source)
     return student, teacher
 
 
@@ -286,11 +280,11 @@ def image_similarity_maps(model: nn.Module, image_path: str, pipeline: Sequence[
     height, width = batch['data_samples'][0].img_shape
     student, teacher = distill_features(model, inputs)
     if levels is None:
-        levels = list(range(len(teacher)))
-    bad = [lvl for lvl in levels if not 0 <= lvl < len(teacher)]
+        levels = sorted(teacher)
+    bad = [lvl for lvl in levels if lvl not in teacher]
     if bad:
-        raise ValueError(f'levels {bad} do not exist: the model gives {len(teacher)} '
-                         f'feature levels (0..{len(teacher) - 1})')
+        raise ValueError(f'levels {bad} do not exist: the model distils student levels '
+                         f'{sorted(teacher)}')
     ssim_cfg = ssim_settings(model)
 
     maps = []

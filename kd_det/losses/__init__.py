@@ -1,6 +1,8 @@
 """Distillation losses; importing this module registers them in mmdet's MODELS registry."""
+from .box_kd import BoxDeltaKDLoss, box_delta_kd_loss  # noqa: F401
 from .cwd import CWDLoss, cwd_loss  # noqa: F401
 from .feature_mse import FeatureMSELoss, feature_mse_loss  # noqa: F401
+from .logit_kd import LogitKDLoss, sigmoid_kd_loss, softmax_kd_loss  # noqa: F401
 from .pkd import PKDLoss, pkd_loss  # noqa: F401
 from .rcka import RCKALoss, rcka_loss  # noqa: F401
 from .rrd import RRDLoss  # noqa: F401

@@ -61,7 +61,8 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 import kd_det  # noqa: F401  (registers kd_det's modules)
-from kd_det.models.feature_distill_detector import _teacher_model_cfg
+from kd_det.models.distill_sources import StudentTaps
+from kd_det.models.teacher import teacher_model_cfg
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SHORTCUTS = {
@@ -75,7 +76,7 @@ DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1, clock='cpu'),
 MIB = 2**20
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
-Batch = Tuple[Tensor, List[DetDataSample], Tensor]  # inputs, samples, teacher inputs
+Batch = Tuple[Tensor, List[DetDataSample]]  # inputs, samples
 
 
 def resolve_config(config: str) -> str:
@@ -85,7 +86,7 @@ def resolve_config(config: str) -> str:
 
 def save_random_teacher(model_cfg: Config, directory: str) -> str:
     """Build the teacher with random weights, save its checkpoint, return the path."""
-    teacher = MODELS.build(_teacher_model_cfg(model_cfg.teacher_config))
+    teacher = MODELS.build(teacher_model_cfg(model_cfg.teacher_config))
     path = osp.join(directory, 'random_teacher.pth')
     torch.save({'state_dict': teacher.state_dict()}, path)
     return path
@@ -125,9 +126,7 @@ def synthetic_batches(model: nn.Module, num: int, batch: int, size: Tuple[int, i
                 labels=torch.randint(0, num_classes, (len(boxes), ), generator=gen))
             samples.append(sample)
         data = model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
-        with torch.no_grad():
-            teacher_inputs = model.teacher_inputs(data['inputs'])
-        batches.append((data['inputs'], data['data_samples'], teacher_inputs))
+        batches.append((data['inputs'], data['data_samples']))
     return batches
 
 
@@ -140,23 +139,29 @@ def _optim_wrapper(cfg: Config, model: nn.Module, amp: bool) -> OptimWrapper:
     return build_optim_wrapper(model, optim_cfg)
 
 
-def _train_step(model: nn.Module, wrapper: OptimWrapper) -> Callable[[Batch], None]:
-    def step(batch: Batch) -> None:
-        inputs, samples, _ = batch
-        with wrapper.optim_context(model):
+def _train_step(model: nn.Module, wrapper: OptimWrapper,
+                rois: Optional[Dict[int, Tensor]] = None) -> Callable[[Batch, int], None]:
+    """One training step; with ``rois``, records the RoIs the student sampled per batch."""
+    def step(batch: Batch, index: int) -> None:
+        inputs, samples = batch
+        taps = StudentTaps(model, {'roi_cls'} if rois is not None else set())
+        with wrapper.optim_context(model), taps:
             losses = model.loss(inputs, samples)
+        if rois is not None:
+            rois[index] = taps.get('rois')
         loss, _ = model.parse_losses(losses)
         wrapper.update_params(loss)
     return step
 
 
-def _teacher_step(teacher: nn.Module, backbone_only: bool, amp: bool,
-                  device: str) -> Callable[[Batch], None]:
-    def step(batch: Batch) -> None:
+def _teacher_step(model: nn.Module, rois: Dict[int, Tensor], amp: bool,
+                  device: str) -> Callable[[Batch, int], None]:
+    """The teacher work of a distillation step (``model.teacher_outputs``): backbone, neck
+    and the heads the losses read, on the RoIs the student sampled in phase (a)."""
+    def step(batch: Batch, index: int) -> None:
         autocast = torch.autocast(device, dtype=torch.float16) if amp else nullcontext()
         with torch.no_grad(), autocast:
-            inputs = batch[2]
-            teacher.backbone(inputs) if backbone_only else teacher.extract_feat(inputs)
+            model.teacher_outputs(batch[0], rois.get(index))
     return step
 
 
@@ -241,9 +246,10 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
     student.to(device).train()
     student_wrapper = _optim_wrapper(cfg, student, amp)
     distill_wrapper = _optim_wrapper(cfg, model, amp)
-    steps = dict(student=_train_step(student, student_wrapper),
-                 teacher=_teacher_step(model.teacher, model.feature_source == 'backbone',
-                                       amp, device),
+    rois: Dict[int, Tensor] = {}
+    reads_rois = bool(model.sources & {'roi_cls', 'roi_reg'})
+    steps = dict(student=_train_step(student, student_wrapper, rois if reads_rois else None),
+                 teacher=_teacher_step(model, rois, amp, device),
                  distill=_train_step(model, distill_wrapper))
     batches = synthetic_batches(model, warmup + repeats, batch, size,
                                 _num_classes(cfg.model.student) or 80)
@@ -252,7 +258,7 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
 
     def run(phase: str, index: int) -> None:
         torch.manual_seed(index)  # the same proposal sampling in (a) and (c)
-        steps[phase](batches[index])
+        steps[phase](batches[index], index)
 
     times: Dict[str, List[float]] = {phase: [] for phase in PHASES}
     for index in range(warmup + repeats):

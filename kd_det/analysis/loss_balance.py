@@ -1,0 +1,83 @@
+"""How hard each distillation loss pulls on the student's features, next to the detector's
+own losses: gradient norms per loss and feature level over real training batches."""
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..models.distill_sources import StudentTaps
+
+DETECTOR = 'detector'
+
+
+def _total(values: Iterable[Tensor]) -> Tensor:
+    values = [v for v in values if torch.is_tensor(v) and v.dim() == 0 and v.requires_grad]
+    return torch.stack(values).sum()
+
+
+def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
+                        ) -> Dict[str, object]:
+    """One training batch through the distiller's own ``loss()``.
+
+    Returns ``{'levels': {loss name or 'detector': [||d loss / d feature_l||, ...]},
+    'total': ||gradient of all parameters||}``, where the features are the student's
+    ``feature_source`` levels (every source, RoI and dense logits included, reaches the
+    student through them) and 'detector' is the sum of the student's own losses.
+    """
+    source = model.feature_source
+    model.zero_grad(set_to_none=True)
+    with StudentTaps(model.student, {source}) as taps:
+        losses = model.loss(inputs, samples)
+    feats = list(taps.get(source))
+    groups = {DETECTOR: _total(v for k, v in losses.items()
+                               if k.startswith('loss') and k not in model.distill_losses)}
+    groups.update({name: losses[name] for name in model.distill_losses})
+    levels = {}
+    for name, value in groups.items():
+        grads = torch.autograd.grad(value, feats, retain_graph=True, allow_unused=True)
+        levels[name] = [0.0 if g is None else float(g.norm()) for g in grads]
+    model.parse_losses(losses)[0].backward()
+    params = [p.grad for p in model.parameters() if p.grad is not None]
+    total = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in params])))
+    return dict(levels=levels, total=total)
+
+
+def loss_balance(model: nn.Module, batches: Iterable, max_norm: Optional[float] = None
+                 ) -> Dict[str, object]:
+    """Mean gradient norms over ``batches`` of preprocessed ``(inputs, samples)``.
+
+    Returns ``{'levels': {name: [mean norm per level]}, 'total': [norm per batch],
+    'clipped': batches whose total norm exceeds max_norm (None without clipping)}``.
+    """
+    model.train()
+    sums: Dict[str, List[float]] = {}
+    totals = []
+    for inputs, samples in batches:
+        result = loss_gradient_norms(model, inputs, samples)
+        for name, norms in result['levels'].items():
+            sums[name] = [a + b for a, b in zip(sums.get(name, [0.0] * len(norms)), norms)]
+        totals.append(result['total'])
+    count = max(len(totals), 1)
+    return dict(levels={k: [v / count for v in vs] for k, vs in sums.items()}, total=totals,
+                clipped=None if max_norm is None else sum(t > max_norm for t in totals))
+
+
+def balance_table(result: Dict[str, object], max_norm: Optional[float]) -> str:
+    """A markdown table: per loss and level, its gradient norm, the detector's, the ratio."""
+    levels = result['levels']
+    detector = levels[DETECTOR]
+    lines = ['| loss | level | grad norm | detector grad norm | ratio |',
+             '|---|---:|---:|---:|---:|']
+    for name, norms in levels.items():
+        if name == DETECTOR:
+            continue
+        for lvl, (norm, det) in enumerate(zip(norms, detector)):
+            ratio = f'{norm / det:.3g}' if det > 0 else 'n/a'
+            lines.append(f'| {name} | {lvl} | {norm:.3g} | {det:.3g} | {ratio} |')
+    totals = result['total']
+    mean = sum(totals) / max(len(totals), 1)
+    clip = (f'clip_grad max_norm {max_norm:g}: exceeded in {result["clipped"]} of '
+            f'{len(totals)} batches' if max_norm is not None else 'no clip_grad in the config')
+    lines.append(f'\ntotal gradient norm (all parameters, all losses): mean {mean:.3g}, '
+                 f'max {max(totals, default=0):.3g}; {clip}')
+    return '\n'.join(lines)

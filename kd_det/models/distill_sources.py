@@ -1,0 +1,172 @@
+"""What a distillation loss reads (its ``source``), on the student and on the teacher.
+
+- ``'neck'`` / ``'backbone'``: feature levels (N, C, H, W), student level ``i``
+  against the teacher level of the same stride.
+- ``'roi_cls'`` / ``'roi_reg'``: the class logits (R, K + 1) / box deltas of the
+  student's RoI head on its own sampled RoIs, against the teacher's RoI head
+  evaluated on the same RoIs (teacher features, teacher RoI extractor): row r of
+  the student is row r of the teacher.
+- ``'dense_cls'`` / ``'dense_reg'``: a single-stage head's per-level outputs,
+  flattened to one row per prior, (sum_l N * H_l * W_l * A, K) / (..., reg_dim).
+
+The student is observed, never modified: forward hooks record what its own
+``loss()`` computes (:class:`StudentTaps`). The teacher's own modules and head
+functions compute the teacher side.
+"""
+import inspect
+from typing import Dict, List, Optional, Sequence, Set
+
+import torch
+from torch import Tensor, nn
+
+FEATURE_SOURCES = ('neck', 'backbone')
+ROI_SOURCES = ('roi_cls', 'roi_reg')
+DENSE_SOURCES = ('dense_cls', 'dense_reg')
+SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES
+
+
+class StudentTaps:
+    """Context manager: forward hooks recording the student's tensors for ``sources``.
+
+    Records (each must be produced exactly once per ``loss()``): ``'neck'`` /
+    ``'backbone'`` outputs, ``'rois'`` (the (R, 5) RoIs given to the box RoI
+    extractor), ``'roi'`` (the box head's (cls_score, bbox_pred)), ``'dense'``
+    (the dense head's per-level outputs).
+    """
+
+    def __init__(self, student: nn.Module, sources: Set[str]) -> None:
+        self.student = student
+        self.sources = sources
+        self.records: Dict[str, List] = {}
+        self._handles: List = []
+
+    def _record(self, key: str, value) -> None:
+        self.records.setdefault(key, []).append(value)
+
+    def __enter__(self) -> 'StudentTaps':
+        self.records = {}
+        for key in ('neck', 'backbone'):
+            if key in self.sources:
+                self._hook_output(getattr(self.student, key), key)
+        if self.sources & set(ROI_SOURCES):
+            roi_head = self.student.roi_head
+            self._handles.append(roi_head.bbox_roi_extractor.register_forward_pre_hook(
+                lambda module, args: self._record('rois', args[1])))
+            self._hook_output(roi_head.bbox_head, 'roi')
+        if self.sources & set(DENSE_SOURCES):
+            self._hook_output(self.student.bbox_head, 'dense')
+        return self
+
+    def _hook_output(self, module: nn.Module, key: str) -> None:
+        self._handles.append(module.register_forward_hook(
+            lambda m, args, out: self._record(key, out)))
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def get(self, key: str):
+        """The one tensor (or tuple) recorded under ``key``."""
+        values = self.records.get(key, [])
+        if len(values) != 1:
+            raise RuntimeError(f"expected the student's loss() to compute its {key!r} "
+                               f'outputs once, it did {len(values)} times')
+        return values[0]
+
+
+@torch.no_grad()
+def teacher_roi_outputs(teacher: nn.Module, feats: Sequence[Tensor], rois: Tensor):
+    """(cls_score, bbox_pred) of the teacher's RoI head on ``rois`` (R, 5)."""
+    results = teacher.roi_head._bbox_forward(tuple(feats), rois)
+    return results['cls_score'], results['bbox_pred']
+
+
+@torch.no_grad()
+def teacher_dense_outputs(teacher: nn.Module, feats: Sequence[Tensor]):
+    """The teacher dense head's per-level outputs (cls_scores, bbox_preds, ...)."""
+    return teacher.bbox_head(tuple(feats))
+
+
+def prior_rows(maps: Sequence[Tensor], num_priors: int) -> Tensor:
+    """Per-level (N, A * D, H, W) head maps -> (sum N * H * W * A, D) rows, mmdet's order."""
+    rows = []
+    for m in maps:
+        n, c, h, w = m.shape
+        rows.append(m.permute(0, 2, 3, 1).reshape(n * h * w * num_priors, c // num_priors))
+    return torch.cat(rows)
+
+
+def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> Dict[str, dict]:
+    """Refuse sources the models cannot give; return ``{source: derived loss options}``.
+
+    The derived options of a prediction source are ``activation`` ('softmax' or
+    'sigmoid') and ``num_classes``, read off the student's head, which must agree
+    with the teacher's.
+    """
+    derived = {}
+    for source in sources & set(ROI_SOURCES + DENSE_SOURCES):
+        kind = 'roi' if source in ROI_SOURCES else 'dense'
+        heads = [_prediction_head(model, side, kind, source)
+                 for model, side in ((student, 'student'), (teacher, 'teacher'))]
+        facts = [_head_facts(head, kind) for head in heads]
+        for key in facts[0]:
+            if facts[0][key] != facts[1][key]:
+                raise ValueError(
+                    f"source {source!r}: the student's {type(heads[0]).__name__} and the "
+                    f"teacher's {type(heads[1]).__name__} differ in {key}: student "
+                    f'{facts[0][key]!r}, teacher {facts[1][key]!r}; logit distillation '
+                    'needs the same classes, activation and priors on both sides')
+        derived[source] = dict(activation=facts[0]['activation'],
+                               num_classes=facts[0]['num_classes'])
+    return derived
+
+
+def _prediction_head(model: nn.Module, side: str, kind: str, source: str) -> nn.Module:
+    if kind == 'roi':
+        roi_head = getattr(model, 'roi_head', None)
+        if roi_head is None:
+            raise ValueError(f'source {source!r} needs a two-stage {side} with a RoI head; '
+                             f'the {side} {type(model).__name__} has none (single-stage '
+                             "detectors give 'dense_cls' / 'dense_reg')")
+        extractor = getattr(roi_head, 'bbox_roi_extractor', None)
+        first_arg = next(iter(inspect.signature(roi_head._bbox_forward).parameters))
+        if not isinstance(extractor, nn.Module) or isinstance(extractor, nn.ModuleList) \
+                or first_arg != 'x':
+            raise ValueError(f'source {source!r}: the {side} {type(roi_head).__name__} has '
+                             'several box stages; RoI sources need one box head '
+                             '(StandardRoIHead and its relatives)')
+        return roi_head.bbox_head
+    if getattr(model, 'roi_head', None) is not None or \
+            not hasattr(getattr(model, 'bbox_head', None), 'cls_out_channels'):
+        raise ValueError(f'source {source!r} needs a single-stage {side} with a dense head; '
+                         f'the {side} {type(model).__name__} is not one (two-stage detectors '
+                         "give 'roi_cls' / 'roi_reg')")
+    return model.bbox_head
+
+
+def _head_facts(head: nn.Module, kind: str) -> dict:
+    if kind == 'roi':
+        if head.custom_cls_channels:
+            raise ValueError(f'{type(head).__name__} with {type(head.loss_cls).__name__} '
+                             'has custom class channels; RoI logit distillation needs plain '
+                             'softmax or sigmoid logits')
+        sigmoid = getattr(head.loss_cls, 'use_sigmoid', False)
+        return dict(num_classes=head.num_classes, activation='sigmoid' if sigmoid else 'softmax')
+    return dict(num_classes=head.num_classes,
+                activation='sigmoid' if head.use_sigmoid_cls else 'softmax',
+                priors_per_location=head.num_base_priors)
+
+
+def feature_channels(model_cfg: dict, source: str) -> Optional[int]:
+    """Channels of every neck level, from the model config; None if unknown."""
+    neck = model_cfg.get('neck')
+    if source == 'neck' and isinstance(neck, dict) and isinstance(neck.get('out_channels'), int):
+        return neck['out_channels']
+    return None
+
+
+def roi_finest_scale(student: nn.Module) -> Optional[float]:
+    """The box-size scale that the student's RoI extractor maps to level 0, if it has one."""
+    extractor = getattr(getattr(student, 'roi_head', None), 'bbox_roi_extractor', None)
+    return getattr(extractor, 'finest_scale', None)

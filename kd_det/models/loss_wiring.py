@@ -1,0 +1,135 @@
+"""Build the configured distillation losses and tell each one what it reads.
+
+Each ``distill_losses`` entry is a registered loss plus ``source`` (see
+:mod:`.distill_sources`) and ``levels`` (student levels, for level sources).
+Options that the models already determine (a loss's ``strides``,
+``finest_scale``, channels, ``activation``, ...) are *derived*: the distiller
+passes them to every loss whose ``__init__`` takes them, and refuses a
+configured value that disagrees instead of keeping two copies that can drift.
+"""
+import inspect
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from mmdet.registry import MODELS
+from torch import nn
+
+from .distill_sources import FEATURE_SOURCES, ROI_SOURCES, SOURCES
+
+
+class LossInputs(NamedTuple):
+    """Where a loss reads: its source, its student levels, whether it takes teacher logits."""
+    source: str
+    levels: Optional[List[int]]
+    teacher_logits: bool
+
+
+def loss_sources(distill_losses: Dict[str, dict], default_source: str) -> Dict[str, str]:
+    """``{log name: source}``, checking names, entries and sources."""
+    if not isinstance(distill_losses, dict) or not distill_losses:
+        raise ValueError('distill_losses must be a non-empty dict {log_name: loss_cfg}, '
+                         f'got {distill_losses!r}')
+    sources = {}
+    for name, cfg in distill_losses.items():
+        if not name.startswith('loss_'):
+            raise ValueError(f"distill_losses key {name!r} must start with 'loss_' "
+                             '(mmengine sums and logs the keys that do)')
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise ValueError(f'distill_losses[{name!r}] must be a dict with a `type`, got {cfg!r}')
+        source = cfg.get('source', default_source)
+        if source not in SOURCES:
+            raise ValueError(f'distill_losses[{name!r}]: source={source!r} is not one of '
+                             f'{list(SOURCES)}')
+        sources[name] = source
+    return sources
+
+
+def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
+                 paired_levels: Dict[str, Sequence[int]], num_levels: Dict[str, Optional[int]],
+                 derived: Dict[str, dict]):
+    """``(nn.ModuleDict of losses, {log name: LossInputs})``.
+
+    Args:
+        paired_levels: per level source, the student levels that have a teacher
+            partner (the default ``levels``).
+        num_levels: per level source, the student's number of levels.
+        derived: ``{source: {option: value}}`` read off the models; level
+            sources may also derive per-level options through ``derived_per_level``.
+    """
+    modules, inputs = nn.ModuleDict(), {}
+    for name, cfg in distill_losses.items():
+        cfg = dict(cfg)
+        source = sources[name]
+        cfg.pop('source', None)
+        levels = cfg.pop('levels', None)
+        if source in ROI_SOURCES:
+            if levels is not None:
+                raise ValueError(f'distill_losses[{name!r}]: source {source!r} has no levels '
+                                 f'(rows are RoIs); remove levels={levels!r}')
+        else:
+            levels = _check_levels(name, levels, paired_levels[source], num_levels[source])
+        weight = cfg.get('loss_weight', 1.0)
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f'distill_losses[{name!r}]: loss_weight={weight!r}, expected '
+                             'a number >= 0')
+        facts = dict(derived.get(source, {}))
+        if source in FEATURE_SOURCES:
+            facts = {k: v(levels) if callable(v) else v for k, v in facts.items()}
+            facts['num_levels'] = len(levels)
+        module = _build_loss(name, cfg, facts)
+        modules[name] = module
+        takes_logits = 'teacher_logits' in inspect.signature(module.forward).parameters
+        inputs[name] = LossInputs(source, levels, takes_logits)
+    return modules, inputs
+
+
+def _check_levels(name: str, levels, paired: Sequence[int], num_levels: Optional[int]
+                  ) -> List[int]:
+    if levels is None:
+        return list(paired)
+    levels = list(levels)
+    bad = [lvl for lvl in levels if not isinstance(lvl, int) or lvl < 0
+           or (num_levels is not None and lvl >= num_levels)]
+    if bad or not levels:
+        raise ValueError(f'distill_losses[{name!r}]: levels {levels} invalid; expected '
+                         f'a non-empty list of ints in [0, {num_levels})')
+    unpaired = [lvl for lvl in levels if lvl not in paired]
+    if unpaired:
+        raise ValueError(f'distill_losses[{name!r}]: student level(s) {unpaired} have no '
+                         f'teacher level of the same stride (paired student levels: '
+                         f'{list(paired)}); drop them from `levels` or pair them with '
+                         '`level_pairs`')
+    return levels
+
+
+def _build_loss(name: str, cfg: dict, facts: dict) -> nn.Module:
+    loss_cls = MODELS.get(cfg['type'])
+    if loss_cls is None:
+        from .. import losses as kd_losses
+        provided = sorted(n for n, obj in vars(kd_losses).items()
+                          if isinstance(obj, type) and issubclass(obj, nn.Module))
+        raise KeyError(f'distill_losses[{name!r}]: unknown type {cfg["type"]!r}; kd_det '
+                       f'provides {provided}')
+    params = inspect.signature(loss_cls.__init__).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = set(cfg) - {'type'} - set(params)
+    if unknown and not accepts_any:
+        valid = [p for p in params if p not in ('self', 'args', 'kwargs')]
+        raise KeyError(f'distill_losses[{name!r}]: {cfg["type"]} has no option(s) '
+                       f'{sorted(unknown)}; valid: {valid + ["levels", "source"]}')
+    for key, value in facts.items():
+        if key not in params or value is None:
+            continue
+        if key in cfg and not _same(cfg[key], value):
+            raise ValueError(
+                f'distill_losses[{name!r}]: {key}={cfg[key]!r} disagrees with the models, '
+                f'which give {key}={value!r}; leave {key} out and the distiller sets it')
+        cfg[key] = value
+    return MODELS.build(cfg)
+
+
+def _same(given, derived) -> bool:
+    if isinstance(derived, (list, tuple)) and isinstance(given, (list, tuple)):
+        return list(given) == list(derived)
+    if isinstance(derived, (list, tuple)) and len(set(derived)) == 1:
+        return given == derived[0]
+    return given == derived

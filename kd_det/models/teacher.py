@@ -1,0 +1,113 @@
+"""The frozen teacher: built from its config, loaded strictly, fed its own normalisation."""
+import copy
+from typing import List, Optional, Tuple, Union
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config, ConfigDict
+from mmengine.hub import get_config
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointError
+
+
+def load_config(path: str) -> Config:
+    """``Config.fromfile`` that also takes package paths (``mmdet::faster_rcnn/...``)."""
+    try:
+        return get_config(path) if '::' in path else Config.fromfile(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(f'teacher_config {path!r}: {err}') from None
+
+
+def teacher_model_cfg(teacher_config: Union[str, dict, Config]) -> ConfigDict:
+    """The teacher's model config from a config path, a full config or a model dict."""
+    if isinstance(teacher_config, str):
+        teacher_config = load_config(teacher_config)
+    cfg = ConfigDict(copy.deepcopy(dict(teacher_config)))
+    model = cfg.get('model', cfg)
+    if 'type' not in model:
+        raise ValueError('teacher_config must be a config file, a config with a '
+                         f'`model` key or a model dict with `type`; got keys {list(cfg)}')
+    model.pop('init_cfg', None)  # weights come from teacher_ckpt
+    if isinstance(model.get('backbone'), dict):
+        model['backbone'].pop('init_cfg', None)
+    return model
+
+
+def build_teacher(model_cfg: ConfigDict, checkpoint: str, strict: bool = True) -> nn.Module:
+    """The teacher detector, loaded from ``checkpoint``, frozen and in eval mode."""
+    teacher = MODELS.build(model_cfg)
+    load_teacher_checkpoint(teacher, checkpoint, strict=strict)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def load_teacher_checkpoint(teacher: nn.Module, filename: str, strict: bool = True) -> None:
+    """Load ``filename`` into ``teacher``, refusing keys or shapes that do not fit.
+
+    Raises:
+        ValueError: ``filename`` is empty.
+        FileNotFoundError / CheckpointError: unreadable, unsafe or unfit file.
+    """
+    if not filename:
+        raise ValueError('teacher_ckpt is required: a distillation run with an '
+                         'untrained teacher only teaches noise')
+    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'teacher_ckpt {filename!r} holds a {type(checkpoint).__name__}, '
+                              'expected a dict of weights')
+    state = checkpoint.get('state_dict', checkpoint)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = teacher.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    mismatched_keys = [k for k in sorted(own.keys() & state.keys())
+                       if getattr(state[k], 'shape', None) != own[k].shape]
+    mismatched = [f'{k}: checkpoint {tuple(getattr(state[k], "shape", ()))} vs model '
+                  f'{tuple(own[k].shape)}' for k in mismatched_keys]
+    if missing or unexpected or mismatched:
+        hint = ''
+        if any(k.startswith('student.') for k in unexpected):
+            hint = (' It looks like a kd_det distillation checkpoint: export its '
+                    'student first with tools/export_student.py.')
+        message = (f'teacher_ckpt {filename!r} does not fit teacher_config: '
+                   f'{len(missing)} missing keys {_head(missing)}, {len(unexpected)} '
+                   f'unexpected keys {_head(unexpected)}, {len(mismatched)} shape '
+                   f'mismatches {_head(mismatched)}.{hint}')
+        if strict:
+            raise CheckpointError(message + ' (teacher_strict=False loads what fits.)')
+        print_log(message + ' Loading the keys that fit (teacher_strict=False).',
+                  logger='current', level=30)
+    teacher.load_state_dict(
+        {k: v for k, v in state.items() if k in own and k not in mismatched_keys},
+        strict=False)
+
+
+def _head(items: List[str], n: int = 5) -> str:
+    return str(items[:n])[:-1] + (', ...]' if len(items) > n else ']')
+
+
+def input_renormalisation(student_pre: Optional[dict], teacher_pre: Optional[dict]
+                          ) -> Optional[Tuple[Tensor, Tensor, bool]]:
+    """(scale, shift, flip) mapping student-normalised inputs to the teacher's, or None."""
+    if not student_pre or not teacher_pre:
+        return None
+    keys = ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr')
+    s = {k: student_pre.get(k) for k in keys}
+    t = {k: teacher_pre.get(k) for k in keys}
+    if s == t:
+        return None
+    if s['mean'] is None or t['mean'] is None:
+        raise ValueError('student and teacher data_preprocessors normalise differently '
+                         f'and one has no mean/std: {s} vs {t}')
+    s_mean, s_std = torch.tensor(s['mean']), torch.tensor(s['std'])
+    t_mean, t_std = torch.tensor(t['mean']), torch.tensor(t['std'])
+    flip = bool(s['bgr_to_rgb'] or s['rgb_to_bgr']) != bool(t['bgr_to_rgb'] or t['rgb_to_bgr'])
+    if flip:  # student channel order -> teacher channel order
+        s_mean, s_std = s_mean.flip(0), s_std.flip(0)
+    # raw = x * s_std + s_mean;  x_t = (raw - t_mean) / t_std
+    scale = (s_std / t_std).view(1, -1, 1, 1)
+    shift = ((s_mean - t_mean) / t_std).view(1, -1, 1, 1)
+    return scale, shift, flip
