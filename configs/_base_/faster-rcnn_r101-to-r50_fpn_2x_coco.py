@@ -14,3 +14,5 @@ model = dict(
 # Logs the teacher's detections on two validation batches before training and
 # warns when it detects nothing (an unloaded or mismatched teacher).
 custom_hooks = [dict(type='TeacherCheckHook', num_batches=2)]
+# Saves atomically: a crash mid-save never leaves a truncated checkpoint behind.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1))

@@ -12,3 +12,5 @@ model = dict(
     teacher_ckpt='https://download.openmmlab.com/mmdetection/v2.0/retinanet/retinanet_r101_fpn_1x_coco/retinanet_r101_fpn_1x_coco_20200130-7a93545f.pth',
 )
 custom_hooks = [dict(type='TeacherCheckHook', num_batches=2)]
+# Saves atomically: a crash mid-save never leaves a truncated checkpoint behind.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1))

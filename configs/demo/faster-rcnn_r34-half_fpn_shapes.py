@@ -15,4 +15,5 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs,
          eta_min_ratio=0.05, convert_to_iter_based=True),
 ]
-default_hooks = dict(checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+default_hooks = dict(
+    checkpoint=dict(type='SafeCheckpointHook', interval=max_epochs, max_keep_ckpts=1))

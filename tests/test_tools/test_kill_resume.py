@@ -1,25 +1,21 @@
-"""Kill a distillation run (SIGKILL) mid-epoch and ``--resume`` it; checkpoint-write safety.
+"""Kill a distillation run (SIGKILL) while it saves a checkpoint and ``--resume`` it.
 
-The run: tools/train.py on 16 coco128 images, batch 2 (8 iterations per epoch, 1 epoch),
-checkpoints every 2 iterations. A test-only hook (active only with KD_TEST_PAUSE_AT set)
-holds the process after iteration 5, i.e. after ``iter_4.pth`` and mid-epoch, where it is
+The run: tools/train.py on 16 coco128 images, batch 2 (8 iterations per epoch, 1 epoch), a
+SafeCheckpointHook saving every 2 iterations and keeping one checkpoint (max_keep_ckpts=1:
+with mmengine's own CheckpointHook a crash mid-save there leaves no complete checkpoint; see
+tests/test_engine/test_safe_checkpoint_hook.py). A test-only module (active only with
+KD_TEST_SLOW_SAVE set) makes the write of ``iter_6.pth`` stop halfway, where the process is
 killed with SIGKILL: the kill point is deterministic however loaded the machine is.
 
-What mmengine 0.10.7 guarantees about checkpoint writes (CheckpointHook and
-``runner.checkpoint.save_checkpoint``), and what this file checks:
+What is checked:
 
-* ``iter_N.pth`` is written in place (``torch.save`` to memory, then ``open(path, 'wb')``
-  and one ``write``): a crash mid-write leaves a truncated ``iter_N.pth``.
-* ``last_checkpoint`` (what ``--resume`` without a path reads; mmengine never scans for the
-  newest file) is rewritten only after that write returned. So a crash while writing
-  ``iter_N.pth`` leaves ``last_checkpoint`` naming the previous, complete checkpoint, and
-  ``--resume`` picks that one -- checked both with a real CheckpointHook whose write is
-  interrupted halfway and with a truncated newer file beside a SIGKILLed run's checkpoints.
-* NOT guaranteed: with ``max_keep_ckpts=1`` the hook deletes the previous checkpoint
-  *before* writing the new one, so a crash mid-write leaves ``last_checkpoint`` naming a
-  deleted file and no complete checkpoint (strict xfail below; ``max_keep_ckpts >= 2`` or
-  -1, mmdet's default, is safe). ``last_checkpoint`` itself is rewritten in place (a crash
-  in that tiny window leaves it empty) and nothing is fsync'ed (power loss is not covered).
+* After the kill: ``iter_4.pth`` (complete) and the half-written temporary file of
+  ``iter_6.pth``; no ``iter_6.pth``; ``last_checkpoint`` names ``iter_4.pth``.
+* ``--resume`` (no path) skips a truncated newest checkpoint: the fixture then plants a
+  truncated ``iter_6.pth`` and points ``last_checkpoint`` at it (what mmengine's in-place
+  writes leave after a crash, or an un-fsync'ed file after a power loss); the run warns
+  naming it, resumes from ``iter_4.pth``, removes the temporary file, completes, and every
+  file it leaves loads with kd_det's safe loader.
 * A truncated checkpoint named explicitly (``--resume PATH``) is refused with kd_det's
   CheckpointError naming the file.
 
@@ -36,58 +32,75 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.fileio.backends.local_backend import LocalBackend
-from mmengine.hooks import CheckpointHook
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.runner.checkpoint import save_checkpoint
 
 from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128, resumed_runner,
                            save_random_teacher)
 from kd_det.checkpoint import CheckpointError, safe_load
+from kd_det.engine import find_resumable_checkpoint
+from kd_det.engine.safe_checkpoint_hook import TMP_SUFFIX
 
-PAUSE_HOOK = '''
+SLOW_SAVE = '''
+"""With KD_TEST_SLOW_SAVE=NAME, a write to a file whose name starts with NAME writes half of
+its data, creates `saving` beside the file and waits to be killed."""
+import builtins
 import os
 import os.path as osp
 import time
 
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+_open = builtins.open
 
 
-@HOOKS.register_module()
-class PauseForKillHook(Hook):
-    """With KD_TEST_PAUSE_AT=N: after iteration N (logged and checkpointed as usual), write
-    WORK_DIR/paused and wait to be killed."""
-    priority = 'LOWEST'
+class _HalfWrittenFile:
+    def __init__(self, file):
+        self.file = file
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        at = int(os.environ.get('KD_TEST_PAUSE_AT', '0'))
-        if at and runner.iter + 1 == at:
-            with open(osp.join(runner.work_dir, 'paused'), 'w') as f:
-                f.write(str(runner.iter + 1))
-            time.sleep(300)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def write(self, data):
+        self.file.write(data[:len(data) // 2])
+        self.file.flush()
+        _open(osp.join(osp.dirname(self.file.name), 'saving'), 'w').close()
+        time.sleep(300)
+
+
+def _open_slowly(file, mode='r', *args, **kwargs):
+    f = _open(file, mode, *args, **kwargs)
+    name = os.environ.get('KD_TEST_SLOW_SAVE')
+    if name and 'w' in mode and osp.basename(str(file)).startswith(name):
+        return _HalfWrittenFile(f)
+    return f
+
+
+builtins.open = _open_slowly
 '''
 
 DISTILL = '''
-custom_imports = dict(imports=['kd_det', 'kd_pause_hook'], allow_failed_imports=False)
-custom_hooks = [dict(type='PauseForKillHook')]
+custom_imports = dict(imports=['kd_det', 'kd_slow_save'], allow_failed_imports=False)
+custom_hooks = []
 model.update(teacher_ckpt={teacher_ckpt!r},
              distill_losses=dict(loss_ssim=dict(type='SSIMLoss', loss_weight=2.0)))
 train_dataloader.update(batch_size=2)
 train_dataloader['dataset']['indices'] = list(range(16))
-default_hooks['checkpoint'] = dict(by_epoch=False, interval=2, max_keep_ckpts=3)
+default_hooks['checkpoint'] = dict(type='SafeCheckpointHook', by_epoch=False, interval=2,
+                                   max_keep_ckpts=1)
 val_dataloader = None
 val_cfg = None
 val_evaluator = None
 '''
 
-PAUSE_AT = 5          # killed after iteration 5 of 8 ...
-LAST_GOOD = 4         # ... so iter_4.pth is the last checkpoint
+SAVE_AT = 6           # killed while saving iter_6.pth ...
+LAST_GOOD = 4         # ... so iter_4.pth is the last complete checkpoint
 ITERS_PER_EPOCH = 8
 
 
@@ -105,6 +118,10 @@ def run_scalars(work_dir):
     return runs
 
 
+def checkpoint_files(work_dir):
+    return sorted(name for name in os.listdir(work_dir) if '.pth' in name)
+
+
 def truncate_copy(src, dst, fraction=0.5):
     with open(src, 'rb') as f:
         data = f.read()
@@ -114,13 +131,13 @@ def truncate_copy(src, dst, fraction=0.5):
 
 @pytest.fixture(scope='module')
 def killed(tmp_path_factory):
-    """A run SIGKILLed after iteration 5, plus a half-written iter_6.pth beside it (what a
-    crash while saving the next checkpoint leaves: last_checkpoint is not updated)."""
+    """A run SIGKILLed halfway through writing iter_6.pth; then a truncated iter_6.pth that
+    last_checkpoint names is planted beside it (see the module docstring)."""
     root = tmp_path_factory.mktemp('kill')
     teacher_ckpt = save_random_teacher(str(root / 'teacher.pth'))
     hook_dir = root / 'hooks'
     hook_dir.mkdir()
-    (hook_dir / 'kd_pause_hook.py').write_text(PAUSE_HOOK)
+    (hook_dir / 'kd_slow_save.py').write_text(SLOW_SAVE)
     cfg = coco128_config(str(root), 'distill_kill.py', DEMO_PAIR, distill=True,
                          extra=DISTILL.format(teacher_ckpt=teacher_ckpt))
     work = str(root / 'work')
@@ -130,15 +147,15 @@ def killed(tmp_path_factory):
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(
             [sys.executable, 'tools/train.py', cfg, '--work-dir', work], cwd=REPO,
-            env=tool_env(str(hook_dir), KD_TEST_PAUSE_AT=str(PAUSE_AT)),
+            env=tool_env(str(hook_dir), KD_TEST_SLOW_SAVE=f'iter_{SAVE_AT}.pth'),
             stdout=log, stderr=subprocess.STDOUT)
         try:
-            while not osp.exists(osp.join(work, 'paused')):
+            while not osp.exists(osp.join(work, 'saving')):
                 if proc.poll() is not None:
-                    raise AssertionError(f'training exited {proc.returncode} before '
-                                         f'iteration {PAUSE_AT}:\n{log_path.read_text()[-5000:]}')
+                    raise AssertionError(f'training exited {proc.returncode} before saving '
+                                         f'iter_{SAVE_AT}.pth:\n{log_path.read_text()[-5000:]}')
                 if time.time() - start > 150:
-                    raise AssertionError(f'no iteration {PAUSE_AT} after 150 s:\n'
+                    raise AssertionError(f'no iter_{SAVE_AT}.pth after 150 s:\n'
                                          f'{log_path.read_text()[-5000:]}')
                 time.sleep(0.2)
             os.kill(proc.pid, signal.SIGKILL)
@@ -148,31 +165,40 @@ def killed(tmp_path_factory):
                 proc.kill()
                 proc.wait(timeout=30)
     print(f'first run killed after {time.time() - start:.1f} s')
+    os.remove(osp.join(work, 'saving'))
+    with open(osp.join(work, 'last_checkpoint')) as f:
+        last_after_kill = f.read()
+    files_after_kill = checkpoint_files(work)
     good = osp.join(work, f'iter_{LAST_GOOD}.pth')
-    partial = osp.join(work, f'iter_{LAST_GOOD + 2}.pth')
-    assert not osp.exists(partial)
+    partial = osp.join(work, f'iter_{SAVE_AT}.pth')
     truncate_copy(good, partial)
+    with open(osp.join(work, 'last_checkpoint'), 'w') as f:
+        f.write(partial)
     truncated = str(root / 'truncated.pth')  # for an explicit --resume PATH
     truncate_copy(good, truncated)
     return dict(root=root, cfg=cfg, work=work, hook_dir=str(hook_dir), teacher_ckpt=teacher_ckpt,
-                good=good, partial=partial, truncated=truncated, log=log_path.read_text())
+                good=good, partial=partial, truncated=truncated, log=log_path.read_text(),
+                last_after_kill=last_after_kill, files_after_kill=files_after_kill)
 
 
 @needs_coco128
-def test_killed_mid_epoch_after_a_checkpoint(killed):
-    assert f'Epoch(train) [1][{PAUSE_AT}/{ITERS_PER_EPOCH}]' in killed['log']
-    assert f'Epoch(train) [1][{PAUSE_AT + 1}/' not in killed['log']
-    with open(osp.join(killed['work'], 'last_checkpoint')) as f:
-        assert f.read().strip() == killed['good']
-    assert sorted(osp.basename(p) for p in glob.glob(osp.join(killed['work'], '*.pth'))) == \
-        ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']  # iter_6.pth: the half-written one
-    with pytest.raises(CheckpointError, match='iter_6.pth'):
+def test_killed_while_saving_leaves_the_previous_checkpoint(killed):
+    assert f'Epoch(train) [1][{SAVE_AT}/{ITERS_PER_EPOCH}]' in killed['log']
+    assert f'Saving checkpoint at {SAVE_AT} iterations' in killed['log']
+    assert f'Epoch(train) [1][{SAVE_AT + 1}/' not in killed['log']
+    assert killed['last_after_kill'] == killed['good']
+    # max_keep_ckpts=1: iter_2.pth went once iter_4.pth was in place; iter_6.pth never was
+    assert killed['files_after_kill'] == [f'iter_{LAST_GOOD}.pth',
+                                          f'iter_{SAVE_AT}.pth{TMP_SUFFIX}']
+    assert safe_load(killed['good'])['meta']['iter'] == LAST_GOOD
+    with pytest.raises(CheckpointError, match=f'iter_{SAVE_AT}.pth'):
         safe_load(killed['partial'])
 
 
 @pytest.fixture(scope='module')
 def resumed_state(killed):
-    """Runner state right after auto-resume (in this process), before any training."""
+    """Runner state right after auto-resume (in this process, as tools/train.py --resume
+    configures it), before any training."""
     sys.path.insert(0, killed['hook_dir'])
     try:
         cfg = Config.fromfile(killed['cfg'])
@@ -180,7 +206,7 @@ def resumed_state(killed):
         sys.path.remove(killed['hook_dir'])
     cfg.work_dir = killed['work']
     cfg.resume = True
-    cfg.load_from = None
+    cfg.load_from = find_resumable_checkpoint(killed['work'])
     return resumed_runner(cfg)
 
 
@@ -238,15 +264,17 @@ def resumed_run(killed, resumed_state):
 
 
 @needs_coco128
-def test_auto_resume_uses_last_checkpoint_not_the_half_written_file(killed, resumed_run):
-    assert f'Auto resumed from the latest checkpoint {killed["good"]}' in resumed_run
+def test_auto_resume_skips_the_truncated_newest_checkpoint(killed, resumed_run):
+    assert f'Auto resume: skipping {killed["partial"]}' in resumed_run
+    assert f'resuming from {killed["good"]}, the newest checkpoint that loads' in resumed_run
     assert f'resumed epoch: 0, iter: {LAST_GOOD}' in resumed_run
+    assert f'iter_{SAVE_AT}.pth{TMP_SUFFIX}: an unfinished save' in resumed_run
 
 
 @needs_coco128
 def test_resumed_run_continues_schedule_and_completes(killed, resumed_run):
     first, second = run_scalars(killed['work'])
-    assert [e['iter'] for e in first] == list(range(1, PAUSE_AT + 1))
+    assert [e['iter'] for e in first] == list(range(1, SAVE_AT + 1))
     # the iteration counter continues from the checkpoint: iteration 5 again, same LR
     assert second[0]['iter'] == LAST_GOOD + 1
     assert second[0]['lr'] == pytest.approx(first[LAST_GOOD]['lr'], rel=1e-9)
@@ -261,11 +289,10 @@ def test_resumed_run_continues_schedule_and_completes(killed, resumed_run):
     ckpt = safe_load(last)
     # saved by after_train_iter, inside the (only) epoch: meta epoch is still 0
     assert ckpt['meta']['iter'] == final_iter and ckpt['meta']['epoch'] == 0
-    # max_keep_ckpts=3 over both runs (the kept ids resume with the message hub); the
-    # half-written iter_6.pth was overwritten at iteration 6, then rotated out
-    kept = sorted(glob.glob(osp.join(killed['work'], 'iter_*.pth')), key=osp.getmtime)
-    assert [osp.basename(p) for p in kept] == ['iter_8.pth', 'iter_10.pth', 'iter_12.pth']
-    assert [safe_load(p)['meta']['iter'] for p in kept] == [8, 10, 12]
+    # max_keep_ckpts=1; the planted iter_6.pth was replaced at iteration 6, then rotated
+    # out; the temporary file is gone: every file left loads
+    assert checkpoint_files(killed['work']) == [f'iter_{final_iter}.pth']
+    assert ckpt['message_hub']['runtime_info']['keep_ckpt_ids'] == [final_iter]
 
 
 @needs_coco128
@@ -278,59 +305,3 @@ def test_resume_from_explicit_truncated_checkpoint_names_the_file(killed, tmp_pa
     assert proc.returncode != 0
     assert 'kd_det.checkpoint.CheckpointError' in proc.stderr, proc.stderr[-3000:]
     assert f"{bad!r} is not a readable PyTorch checkpoint" in proc.stderr
-
-
-# ------------------------------------------------- a crash while a checkpoint is written
-class Crash(BaseException):
-    """Stands in for the process dying (not an Exception: nothing may catch it)."""
-
-
-def fake_runner(work_dir, name):
-    """What CheckpointHook uses of a Runner; save_checkpoint is mmengine's real writer."""
-    runner = types.SimpleNamespace(
-        work_dir=str(work_dir), epoch=0, iter=0, max_iters=100,
-        logger=MMLogger.get_current_instance(), message_hub=MessageHub.get_instance(name))
-
-    def save(out_dir, filename, file_client_args=None, meta=None, **kwargs):
-        save_checkpoint({'meta': meta, 'state_dict': {'w': torch.full((64, 1024), runner.iter)}},
-                        osp.join(out_dir, filename))
-    runner.save_checkpoint = save
-    return runner
-
-
-def interrupted_put(self, obj, filepath):
-    """LocalBackend.put that dies after writing half of the checkpoint."""
-    with open(filepath, 'wb') as f:
-        f.write(obj[:len(obj) // 2])
-    raise Crash(filepath)
-
-
-@pytest.mark.parametrize('max_keep_ckpts', [
-    3, -1,
-    pytest.param(1, marks=pytest.mark.xfail(
-        strict=True, raises=(AssertionError, FileNotFoundError),
-        reason='mmengine 0.10.7 CheckpointHook deletes the previous checkpoint before '
-               'writing the next one: with max_keep_ckpts=1 a crash mid-write leaves '
-               'last_checkpoint naming a deleted file'))])
-def test_crash_while_writing_a_checkpoint_keeps_last_checkpoint_valid(
-        tmp_path, monkeypatch, max_keep_ckpts):
-    runner = fake_runner(tmp_path, f'kd_det_crash_{max_keep_ckpts}_{tmp_path.name}')
-    hook = CheckpointHook(interval=2, by_epoch=False, max_keep_ckpts=max_keep_ckpts)
-    hook.before_train(runner)
-    for it in range(4):  # iterations 1..4: iter_2.pth, iter_4.pth
-        runner.iter = it
-        hook.after_train_iter(runner, batch_idx=it)
-    last_file = tmp_path / 'last_checkpoint'
-    assert last_file.read_text() == str(tmp_path / 'iter_4.pth')
-
-    monkeypatch.setattr(LocalBackend, 'put', interrupted_put)
-    runner.iter = 5  # iteration 6 saves iter_6.pth, and dies halfway
-    with pytest.raises(Crash):
-        hook.after_train_iter(runner, batch_idx=5)
-    monkeypatch.undo()
-
-    with pytest.raises(CheckpointError, match='iter_6.pth'):
-        safe_load(str(tmp_path / 'iter_6.pth'))
-    named = last_file.read_text()
-    assert named == str(tmp_path / 'iter_4.pth')
-    assert safe_load(named)['meta']['iter'] == 4  # complete, and what --resume picks

@@ -1,11 +1,13 @@
 """Benchmark the overhead of a distillation training step.
 
-    python tools/analysis/benchmark_distill.py [CONFIG] [--size H W] [--batch N]
+    python tools/analysis/benchmark_distill.py [CONFIG | --all] [--size H W] [--batch N]
         [--repeats R] [--warmup W] [--device cpu|cuda] [--threads T] [--amp]
         [--teacher-ckpt PATH] [--profile N]
 
 CONFIG is a distillation config path or one of the shortcuts ``ssim`` (default),
-``rcka``, ``ssim+rcka`` (the Faster R-CNN R-101 -> R-50 COCO configs).
+``rcka``, ``ssim+rcka`` (the Faster R-CNN R-101 -> R-50 COCO configs). ``--all``
+benchmarks every shipped COCO distillation config, once per distinct model (the 1x and
+2x schedules of a pair share one row), and ends with one table of all rows.
 
 On the same synthetic batches (random images, a few random boxes each, already
 through the data preprocessor) and interleaved a, b, c, a, b, c, ... after
@@ -14,8 +16,9 @@ warm-up, it times:
 (a) student: the student built from ``model.student`` alone, one training step
     (loss + backward + optimizer step, as mmengine's ``train_step`` minus data
     preprocessing);
-(b) teacher: the teacher's backbone + neck (or backbone, per the detector's
-    ``feature_source``) in eval mode under ``no_grad``;
+(b) teacher: the teacher work the config needs, through the distiller's own
+    ``teacher_outputs`` under ``no_grad``: backbone (+ neck), and its RoI head (on
+    the RoIs the student sampled in (a)) or dense head when a loss reads them;
 (c) distill: the FeatureDistillDetector's training step.
 
 On CPU the default clock is the process's CPU time (``--clock cpu``): on a shared
@@ -41,6 +44,7 @@ import argparse
 import copy
 import ctypes
 import gc
+import glob
 import os.path as osp
 import platform
 import shlex
@@ -77,6 +81,21 @@ MIB = 2**20
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 Batch = Tuple[Tensor, List[DetDataSample]]  # inputs, samples
+
+
+def shipped_configs() -> List[List[str]]:
+    """The COCO distillation configs under configs/, grouped by identical student, teacher
+    model and losses (the teacher weights aside: the benchmark's are random)."""
+    groups: Dict[str, List[str]] = {}
+    for path in sorted(glob.glob(osp.join(REPO, 'configs', '*', '*.py'))):
+        if osp.basename(osp.dirname(path)) in ('_base_', 'demo'):
+            continue
+        model = Config.fromfile(path).model.to_dict()
+        if model.get('type') == 'FeatureDistillDetector':
+            model.pop('teacher_ckpt')  # the benchmark's teacher weights are random
+            model['teacher_config'] = teacher_model_cfg(model['teacher_config']).to_dict()
+            groups.setdefault(repr(model), []).append(path)
+    return list(groups.values())
 
 
 def resolve_config(config: str) -> str:
@@ -335,6 +354,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', nargs='?', default='ssim',
                         help=f'distillation config path or one of {list(SHORTCUTS)}')
+    parser.add_argument('--all', action='store_true',
+                        help='every shipped COCO distillation config (one row per model)')
     parser.add_argument('--size', nargs=2, type=int, metavar=('H', 'W'),
                         help='input size (default: 512 512 on CPU, 800 1333 on CUDA)')
     parser.add_argument('--batch', type=int, help='images per batch (default 2)')
@@ -360,7 +381,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run, every option spelled out."""
-    parts = ['python', 'tools/analysis/benchmark_distill.py', args.config,
+    parts = ['python', 'tools/analysis/benchmark_distill.py',
+             '--all' if args.all else args.config,
              '--size', *map(str, args.size), '--batch', str(args.batch),
              '--repeats', str(args.repeats), '--warmup', str(args.warmup),
              '--device', args.device, '--clock', args.clock]
@@ -373,8 +395,25 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def benchmark_all(args: argparse.Namespace) -> List[dict]:
+    """:func:`benchmark` of every shipped config group; prints each report, then the table."""
+    results = []
+    for group in shipped_configs():
+        result = benchmark(group[0], tuple(args.size), args.batch, args.repeats, args.warmup,
+                           args.device, args.threads, args.amp, None, 0, args.clock)
+        result['config'] = ', '.join(osp.basename(path) for path in group)
+        print(format_report(result), end='\n\n', flush=True)
+        results.append(result)
+    print(markdown_table(results))
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None):
     args = parse_args(argv)
+    if args.all:
+        results = benchmark_all(args)
+        print(f'\ncommand: {command_line(args)}')
+        return results
     result = benchmark(resolve_config(args.config), tuple(args.size), args.batch,
                        args.repeats, args.warmup, args.device, args.threads, args.amp,
                        args.teacher_ckpt, args.profile, args.clock)
