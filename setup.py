@@ -1,7 +1,18 @@
 """kd_det: knowledge distillation for MMDetection 3.x (install: tools/setup_env.sh)."""
+import os
 import os.path as osp
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+ROOT = osp.dirname(osp.abspath(__file__))
+# Repository folders shipped as kd_det/.mim/<name>, where mmengine (`kd_det::` configs)
+# and openmim (`mim train kd_det`) look an OpenMMLab-style package up.
+MIM_FOLDERS = ('configs', 'tools')
+# mmengine reads .mim/model-index.yml before it falls back to .mim/configs/<path>;
+# kd_det has no model metafiles, so every `kd_det::x/y.py` is the file configs/x/y.py.
+MODEL_INDEX = 'Import: []\n'
 
 
 def read_version() -> str:
@@ -9,6 +20,36 @@ def read_version() -> str:
     with open(osp.join(osp.dirname(__file__), 'kd_det', 'version.py')) as f:
         exec(f.read(), namespace)
     return namespace['__version__']
+
+
+def write_mim_folder(mim_dir: str, link: bool) -> None:
+    """Fill ``mim_dir`` (``kd_det/.mim``) with configs/ and tools/: relative
+    symlinks to the repository's folders when ``link``, else copies."""
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in MIM_FOLDERS:
+        src, dst = osp.join(ROOT, name), osp.join(mim_dir, name)
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        if link:
+            os.symlink(osp.relpath(src, mim_dir), dst, target_is_directory=True)
+        else:
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+    with open(osp.join(mim_dir, 'model-index.yml'), 'w') as f:
+        f.write(MODEL_INDEX)
+
+
+class BuildPyWithMim(build_py):
+    """``build_py`` that also ships configs/ and tools/ as ``kd_det/.mim``: copied
+    into the build for a wheel, linked into the source tree for ``pip install -e``."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, 'editable_mode', False):  # setuptools >= 64: pip install -e
+            write_mim_folder(osp.join(ROOT, 'kd_det', '.mim'), link=True)
+        else:
+            write_mim_folder(osp.join(self.build_lib, 'kd_det', '.mim'), link=False)
 
 
 setup(
@@ -35,5 +76,6 @@ setup(
         'ninja',  # builds the fused SSIM CPU kernel on first use
     ],
     extras_require={'tests': ['pytest', 'kornia', 'pytorch_msssim']},
+    cmdclass={'build_py': BuildPyWithMim},
     zip_safe=False,
 )

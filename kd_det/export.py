@@ -1,8 +1,16 @@
-"""Turn a distillation checkpoint into a plain mmdet checkpoint of its student."""
+"""Turn a distillation checkpoint into a plain mmdet checkpoint of its student.
+
+    python -m kd_det.export work_dirs/RUN/epoch_24.pth student.pth [--force]
+
+The output loads into the student's own mmdet config, e.g. with
+``python -m kd_det.test STUDENT_CONFIG student.pth``.
+"""
+import argparse
 import os
 import os.path as osp
+import sys
 import tempfile
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 
@@ -77,3 +85,22 @@ def _atomic_save(obj: dict, dst: str) -> None:
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Command line of :func:`export_student` (``python -m kd_det.export``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('checkpoint', help='distillation checkpoint (from kd_det.train)')
+    parser.add_argument('out', help='output path of the student checkpoint')
+    parser.add_argument('--force', action='store_true', help='overwrite OUT if it exists')
+    args = parser.parse_args(argv)
+    try:
+        counts = export_student(args.checkpoint, args.out, overwrite=args.force)
+    except (FileNotFoundError, FileExistsError, CheckpointError) as err:
+        sys.exit(f'export_student: {err}')
+    print(f'wrote {args.out}: {counts["kept"]} student tensors '
+          f'({counts["dropped"]} connector/loss-head/other tensors dropped)')
+
+
+if __name__ == '__main__':
+    main()

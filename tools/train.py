@@ -1,62 +1,8 @@
-"""Train a detector or a distillation model: mmdet's ``tools/train.py`` flags.
+"""Train a detector or a distillation model: ``python -m kd_det.train``'s flags.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
-                                 [--resume [CKPT]] [--cfg-options k=v ...]
-                                 [--launcher {none,pytorch,slurm,mpi}]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] ...
 """
-import argparse
-
-from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-import kd_det  # noqa: F401  (registers kd_det's modules, safe checkpoint loading)
-from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
-                                     parse_command_line)
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a detector (kd_det)')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the learning rate by the actual batch size')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT, or from the latest checkpoint in '
-                        'the work dir when no path is given')
-    add_common_arguments(parser)
-    return parse_command_line(parser)
-
-
-def build_config(args: argparse.Namespace) -> Config:
-    """The config with the command line applied, as mmdet's tools/train.py does."""
-    cfg = apply_command_line(Config.fromfile(args.config), args)
-    if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print('AMP is already enabled in the config.')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise RuntimeError('--auto-scale-lr needs `auto_scale_lr = dict(enable=..., '
-                               f'base_batch_size=...)` in {args.config}')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-    return cfg
-
-
-def main() -> None:
-    cfg = build_config(parse_args())
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
-
+from kd_det.train import main
 
 if __name__ == '__main__':
     main()

@@ -1,0 +1,58 @@
+"""Evaluate a checkpoint: mmdet's ``tools/test.py`` flags.
+
+    python -m kd_det.test CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+                          [--show-dir DIR] [--cfg-options k=v ...] [--launcher ...]
+
+CONFIG may be a distillation config (the student is evaluated) or a plain
+mmdet config with a student exported by ``python -m kd_det.export``; a file,
+which may inherit kd_det's configs by package (``_base_ = 'kd_det::...'``), or
+``kd_det::NAME`` itself.
+``tools/test.py`` and ``mim test kd_det`` run this same ``main``.
+"""
+import argparse
+import os.path as osp
+
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from kd_det.configs import read_config
+from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
+                                     parse_command_line)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and eval) a model (kd_det)')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
+    parser.add_argument('--show-dir', help='save painted predictions under work_dir/timestamp/DIR')
+    add_common_arguments(parser)
+    return parse_command_line(parser)
+
+
+def main() -> None:
+    """Parse the command line, build the Runner and test."""
+    args = parse_args()
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise SystemExit(f'checkpoint not found: {args.checkpoint!r}')
+    cfg = apply_command_line(read_config(args.config), args)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        hooks = cfg.default_hooks
+        if 'visualization' not in hooks:
+            raise RuntimeError('--show-dir needs a `visualization` default hook in the config')
+        hooks.visualization.draw = True
+        hooks.visualization.test_out_dir = args.show_dir
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit(f'--out {args.out!r}: expected a .pkl or .pickle file')
+        cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
+            else [cfg.test_evaluator]
+        cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
