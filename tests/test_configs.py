@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmdet.registry import MODELS
 
 from testing_utils import REPO
-from kd_det.models.feature_distill_detector import load_config
+from kd_det.models import load_config
 
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True))
 RUNNABLE = [c for c in CONFIGS if '_base_' not in c.split(osp.sep)]

@@ -17,8 +17,7 @@ from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, Stude
                               teacher_dense_outputs, teacher_roi_outputs)
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_wiring import build_losses, loss_sources
-from .teacher import (build_teacher, input_renormalisation, load_config,  # noqa: F401
-                      teacher_model_cfg)
+from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
 NONFINITE_MODES = ('error', 'skip')

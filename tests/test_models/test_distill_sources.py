@@ -74,6 +74,7 @@ def test_roi_logits_are_the_teacher_heads_on_the_students_rois(ckpts):
     torch.testing.assert_close(out['roi'][0], t_cls)
     torch.testing.assert_close(out['roi'][1], t_reg)
     assert s_cls.shape == t_cls.shape == (rois.shape[0], 8)
+    assert s_reg.shape == t_reg.shape == (rois.shape[0], 4 * 7)
     expected = F.kl_div(F.log_softmax(s_cls / 2, 1), F.softmax(t_cls / 2, 1),
                         reduction='batchmean') * 4
     torch.testing.assert_close(losses['loss_kd'], expected)

@@ -188,10 +188,12 @@ def test_spatial_mismatch_is_rejected_or_resized(teacher_ckpt):
         loss_mse=dict(type='FeatureMSELoss', levels=[0]))))
     student = [torch.randn(2, 64, 8, 8)]
     teacher = [torch.randn(2, 64, 16, 16)]
-    with pytest.raises(ValueError, match=r'\(2, 64, 8, 8\).*\(2, 64, 16, 16\).*differ in size although'):
+    with pytest.raises(ValueError,
+                       match=r'\(2, 64, 8, 8\).*\(2, 64, 16, 16\).*differ in size although'):
         model.distill_loss(dict(neck=student), dict(neck=teacher), [])
     model.spatial_align = 'interpolate'
-    assert torch.isfinite(model.distill_loss(dict(neck=student), dict(neck=teacher), [])['loss_mse'])
+    losses = model.distill_loss(dict(neck=student), dict(neck=teacher), [])
+    assert torch.isfinite(losses['loss_mse'])
 
 
 def test_nonfinite_loss_names_loss_and_level(teacher_ckpt):

@@ -3,7 +3,6 @@ losses logged and finite, the pairing logged, exact resume, a student plain mmde
 import math
 import os.path as osp
 
-import pytest
 import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
