@@ -4,6 +4,9 @@
     python tools/demo.py --quick         # ~2 min smoke run (what the tests run)
     python tools/demo.py --seeds 3       # every student over 3 seeds: mean +- std
     python tools/demo.py --methods baseline ssim rcka mse pkd rrd unikd
+    python tools/demo.py --split tune    # evaluate on the tune split (for choosing settings)
+    python tools/demo.py --split tune --methods rrd \\
+        'rrd[model.distill_losses.loss_rrd.loss_weight=0.1]'
 
 Steps, all real: generate the synthetic shapes dataset (kd_det/demo/synthetic_coco.py),
 take the teacher (the checkpoint shipped in checkpoints/, or train one with
@@ -12,6 +15,12 @@ method under identical schedules and seeds (``tools/train.py``, up to ``--jobs``
 once, one CPU thread each), evaluate each with COCO mAP (mmdet's CocoMetric), and write
 ``results.json``, ``results.md``, ``ap_chart.png``, ``loss_curves.png`` and the
 first method's feature-similarity maps (``<method>_similarity.png``) into the work dir. Finished runs are reused when the demo is run again with the same settings.
+
+``--split`` picks the split every run is evaluated on: ``val`` (default; the reported
+numbers) or ``tune`` (distinct images of the same distribution, for tuning loss weights and
+other settings without looking at val). The split is part of each run's cache key, and a
+``tune`` evaluation keeps all its runs and results under ``<work dir>/tune/``, so it never
+touches the val numbers; both share the dataset in ``<work dir>/data``.
 """
 import argparse
 import glob
@@ -20,12 +29,13 @@ import json
 import os
 import os.path as osp
 import platform
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -44,10 +54,16 @@ METHOD_CONFIGS = {
     'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'rrd': 'rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'unikd': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'unikd': 'unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'unikd-features': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'ssim-rcka': 'ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'kd': 'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
 }
-DATA = dict(full=dict(num_train=600, num_val=150, image_size=(192, 192)),
-            quick=dict(num_train=32, num_val=16, image_size=(192, 192)))
+DATA = dict(full=dict(num_train=600, num_val=150, num_tune=150, image_size=(192, 192)),
+            quick=dict(num_train=32, num_val=16, num_tune=16, image_size=(192, 192)))
+SPLITS = ('val', 'tune')
+# methods that distil neck features (the similarity figure shows the first one run)
+FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'rrd', 'unikd', 'unikd-features')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='smoke run: 32 train images, 1 epoch, teacher trained 1 epoch')
     parser.add_argument('--methods', nargs='+', default=['baseline', 'ssim', 'rcka'],
-                        choices=sorted(METHOD_CONFIGS), help='students to train')
+                        help=f'students to train: {sorted(METHOD_CONFIGS)}, each optionally '
+                        'with config overrides, e.g. rcka[model.distill_losses.loss_rcka.'
+                        'loss_weight=5,...] (a variant of its own in the table)')
+    parser.add_argument('--split', default='val', choices=SPLITS,
+                        help='split every run is evaluated on (default: val); tune runs and '
+                        'results go to <work dir>/tune/')
     parser.add_argument('--seeds', type=int, default=1, help='seeds per student (0..N-1)')
     parser.add_argument('--epochs', type=int, help='student epochs (default: the config\'s)')
     parser.add_argument('--teacher', default=None,
@@ -71,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f'--seeds {args.seeds}: expected >= 1')
     if args.jobs < 1:
         parser.error(f'--jobs {args.jobs}: expected >= 1')
+    for token in args.methods:
+        if method_config(token)[0] not in METHOD_CONFIGS:
+            parser.error(f'--methods {token!r}: unknown method; expected one of '
+                         f'{sorted(METHOD_CONFIGS)}, optionally followed by [key=value,...]')
     if 'baseline' not in args.methods:
         args.methods.insert(0, 'baseline')
     if args.quick:
@@ -86,13 +111,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def method_config(token: str) -> Tuple[str, List[str]]:
+    """``'rrd'`` or ``'rrd[key=value,...]'`` -> (method, its extra --cfg-options)."""
+    match = re.fullmatch(r'([\w-]+)(?:\[(.*)\])?', token)
+    if match is None:
+        return token, []
+    return match.group(1), [o for o in (match.group(2) or '').split(',') if o]
+
+
+def method_argv(token: str) -> List[str]:
+    """The config path of a --methods token; its overrides go to --cfg-options."""
+    return [osp.join(CONFIGS, METHOD_CONFIGS[method_config(token)[0]])]
+
+
 # ------------------------------------------------------------------ runs
 class Run:
     """One tools/train.py or tools/test.py job with its own work dir."""
 
-    def __init__(self, name: str, argv: List[str], work_dir: str) -> None:
+    def __init__(self, name: str, argv: List[str], work_dir: str, split: str) -> None:
         self.name, self.argv, self.work_dir = name, argv, work_dir
-        self.key = hashlib.sha1(json.dumps(argv).encode()).hexdigest()[:12]
+        self.key = hashlib.sha1(json.dumps([split, argv]).encode()).hexdigest()[:12]
         self.result_file = osp.join(work_dir, 'demo_result.json')
         self.result: Optional[dict] = None
         if osp.isfile(self.result_file):
@@ -166,11 +204,15 @@ def run_all(runs: List[Run], jobs: int) -> None:
                   f'{100 * result["metrics"]["coco/bbox_mAP"]:.1f}', flush=True)
 
 
-def data_options(root: str) -> List[str]:
+def data_options(root: str, split: str) -> List[str]:
+    """--cfg-options that train on ``root``'s train split and evaluate on ``split``."""
+    ann_file = f'annotations/instances_{split}.json'
     return [f'{loader}.dataset.data_root={root}/'
             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')] + [
-        f'{ev}.ann_file={root}/annotations/instances_val.json'
-        for ev in ('val_evaluator', 'test_evaluator')]
+        option for loader in ('val_dataloader', 'test_dataloader')
+        for option in (f'{loader}.dataset.ann_file={ann_file}',
+                       f'{loader}.dataset.data_prefix.img={split}/')] + [
+        f'{ev}.ann_file={root}/{ann_file}' for ev in ('val_evaluator', 'test_evaluator')]
 
 
 def epoch_options(epochs: Optional[int]) -> List[str]:
@@ -180,20 +222,20 @@ def epoch_options(epochs: Optional[int]) -> List[str]:
             f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}']
 
 
-def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, data: dict,
+def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, img_dir: str,
                       work_dir: str) -> Optional[str]:
     """Feature-similarity maps of the first distillation method's seed-0 student on the
-    first validation image (tools/analysis/vis_feature_similarity.py)."""
-    method = next((m for m in runs if m != 'baseline'), None)
+    first image of ``img_dir`` (tools/analysis/vis_feature_similarity.py)."""
+    method = next((m for m in runs if method_config(m)[0] in FEATURE_METHODS), None)
     if method is None:
         return None
     run = runs[method][0]
     ckpt = sorted(glob.glob(osp.join(run.work_dir, 'epoch_*.pth')), key=osp.getmtime)[-1]
-    image = sorted(glob.glob(osp.join(data['val_img_dir'], '*')))[0]
+    image = sorted(glob.glob(osp.join(img_dir, '*')))[0]
     proc = subprocess.run(
         [sys.executable, 'tools/analysis/vis_feature_similarity.py',
-         osp.join(CONFIGS, METHOD_CONFIGS[method]), image, '--checkpoint', ckpt,
-         '--out-dir', work_dir, '--cfg-options', f'model.teacher_ckpt={teacher_ckpt}'],
+         *method_argv(method), image, '--checkpoint', ckpt, '--out-dir', work_dir,
+         '--cfg-options', f'model.teacher_ckpt={teacher_ckpt}', *method_config(method)[1]],
         cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f'vis_feature_similarity failed:\n{proc.stderr[-3000:]}')
@@ -204,23 +246,26 @@ def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, data: dict,
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work_dir = osp.abspath(args.work_dir)
+    data_dir = osp.join(osp.abspath(args.work_dir), 'data')
+    split = args.split
+    # everything but the shared dataset lives in a per-split directory
+    work_dir = osp.abspath(args.work_dir if split == 'val' else osp.join(args.work_dir, split))
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.time()
 
-    data = generate_dataset(osp.join(work_dir, 'data'),
-                            **DATA['quick' if args.quick else 'full'], seed=0)
+    data = generate_dataset(data_dir, **DATA['quick' if args.quick else 'full'], seed=0)
     root = data['root']
     print(f'[data] {"reused" if data["reused"] else "generated"} {root}: '
-          f'{data["num_train_images"]} train / {data["num_val_images"]} val images, '
-          f'{len(data["classes"])} classes', flush=True)
-    common = data_options(root)
+          f'{data["num_train_images"]} train / {data["num_val_images"]} val / '
+          f'{data["num_tune_images"]} tune images, {len(data["classes"])} classes; '
+          f'evaluating on {split}', flush=True)
+    common = data_options(root, split)
 
     if args.teacher == 'train':
         teacher_run = Run('teacher', ['tools/train.py', TEACHER_CONFIG, '--work-dir',
                                       osp.join(work_dir, 'teacher'), '--cfg-options',
                                       *common, *epoch_options(args.teacher_epochs)],
-                          osp.join(work_dir, 'teacher'))
+                          osp.join(work_dir, 'teacher'), split)
         run_all([teacher_run], 1)
         teacher_ckpt = sorted(glob.glob(osp.join(work_dir, 'teacher', 'epoch_*.pth')),
                               key=osp.getmtime)[-1]
@@ -229,7 +274,7 @@ def main(argv=None) -> dict:
         teacher_run = Run('teacher', ['tools/test.py', TEACHER_CONFIG, teacher_ckpt,
                                       '--work-dir', osp.join(work_dir, 'teacher_eval'),
                                       '--cfg-options', *common],
-                          osp.join(work_dir, 'teacher_eval'))
+                          osp.join(work_dir, 'teacher_eval'), split)
         run_all([teacher_run], 1)
     teacher = dict(metrics=teacher_run.result['metrics'], checkpoint=teacher_ckpt,
                    time=teacher_run.result['time'] if args.teacher == 'train' else None)
@@ -237,13 +282,15 @@ def main(argv=None) -> dict:
     runs: Dict[str, List[Run]] = {m: [] for m in args.methods}
     for seed in range(args.seeds):
         for method in args.methods:
-            options = [*common, *epoch_options(args.epochs), f'randomness.seed={seed}']
+            options = [*common, *epoch_options(args.epochs), f'randomness.seed={seed}',
+                       *method_config(method)[1]]
             if method != 'baseline':
                 options.append(f'model.teacher_ckpt={teacher_ckpt}')
-            run_dir = osp.join(work_dir, 'runs', f'{method}_seed{seed}')
+            run_dir = osp.join(work_dir, 'runs', re.sub(r'[^\w.-]+', '_', method)
+                               + f'_seed{seed}')
             runs[method].append(Run(f'{method} seed {seed}', [
-                'tools/train.py', osp.join(CONFIGS, METHOD_CONFIGS[method]),
-                '--work-dir', run_dir, '--cfg-options', *options], run_dir))
+                'tools/train.py', *method_argv(method),
+                '--work-dir', run_dir, '--cfg-options', *options], run_dir, split))
     # distillation runs cost more per step than the baseline: start them first so the
     # parallel slots finish together
     order = [r for m in args.methods if m != 'baseline' for r in runs[m]] + runs['baseline']
@@ -254,7 +301,7 @@ def main(argv=None) -> dict:
     summary = report.summarise(results, teacher)
     rows = report.table_rows(summary, teacher)
     machine = f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}'
-    title = (f'kd_det demo: COCO box AP on {data["num_val_images"]} val images, '
+    title = (f'kd_det demo: COCO box AP on {data[f"num_{split}_images"]} {split} images, '
              f'{args.seeds} seed(s), {machine}')
     print('\n' + title + '\n' + report.format_text(rows))
     for method, row in summary.items():
@@ -272,7 +319,7 @@ def main(argv=None) -> dict:
         f'AP per method ({args.seeds} seed(s))'))
     plot_curves({m: rs[0].work_dir for m, rs in runs.items()},
                 osp.join(work_dir, 'loss_curves.png'), title='seed 0 runs')
-    similarity = similarity_figure(runs, teacher_ckpt, data, work_dir)
+    similarity = similarity_figure(runs, teacher_ckpt, data[f'{split}_img_dir'], work_dir)
     print(f'\nwrote {work_dir}/results.json, results.md, ap_chart.png, loss_curves.png'
           f'{", " + osp.basename(similarity) if similarity else ""} '
           f'({time.time() - t0:.0f} s in all)')

@@ -22,11 +22,15 @@ tight box of that region (``[x, y, w, h]``, pixel inclusive, as
 border pixels (so slightly inside the box; a ring's hole is not encoded,
 so its polygon area exceeds ``area``).
 
-Every image is drawn from its own random stream, keyed by ``(seed, split,
-index)``: the same seed gives byte-identical annotation files and
-identical pixels (PNG), and the val split never shares a stream with train.
-Image ids are unique across splits (train ``1..N``, val ``N+1..N+M``) and
-file names are the zero-padded ids.
+Splits: ``train``, ``val`` (the reported numbers) and ``tune`` (for
+choosing hyper-parameters without looking at val), all from the same
+distribution. Every image is drawn from its own random stream, keyed by
+``(seed, split, index)``: the same seed gives byte-identical annotation
+files and identical pixels (PNG), and no two splits share a stream. Image
+ids are unique across splits (train ``1..N``, val ``N+1..N+M``, tune
+``N+M+1..N+M+T``) and file names are the zero-padded ids. Adding the tune
+split left the train and val files byte-identical to the earlier two-split
+datasets.
 
 The dataset is written to a temporary sibling directory and moved into
 place at the end, together with ``synthetic_meta.json`` (the parameters and
@@ -50,7 +54,7 @@ CLASSES = ('circle', 'ring', 'square', 'triangle', 'hexagon', 'star', 'cross')
 FORMAT_VERSION = 1
 META_FILE = 'synthetic_meta.json'
 
-_SPLITS = ('train', 'val')
+_SPLITS = ('train', 'val', 'tune')
 _SHIFT = 4  # fractional bits of the sub-pixel polygon coordinates
 _MIN_VISIBLE = 0.5  # fraction of an object that must stay visible
 _PLACE_TRIES = 10
@@ -431,6 +435,7 @@ def generate_dataset(
         out_dir: str,
         num_train: int = 600,
         num_val: int = 150,
+        num_tune: int = 150,
         image_size: Tuple[int, int] = (192, 192),
         seed: int = 0,
         objects_per_image: Tuple[int, int] = (2, 8),
@@ -438,10 +443,12 @@ def generate_dataset(
     """Generate (or reuse) the synthetic shape dataset in ``out_dir``.
 
     Args:
-        out_dir (str): Dataset root; gets ``train/``, ``val/``,
-            ``annotations/instances_{train,val}.json`` and ``META_FILE``.
+        out_dir (str): Dataset root; gets ``train/``, ``val/``, ``tune/``,
+            ``annotations/instances_{train,val,tune}.json`` and
+            ``META_FILE``.
         num_train (int): Number of training images. Defaults to 600.
         num_val (int): Number of validation images. Defaults to 150.
+        num_tune (int): Number of tuning images. Defaults to 150.
         image_size (tuple[int, int]): Image ``(height, width)``.
             Defaults to (192, 192).
         seed (int): Seed of all random streams. Defaults to 0.
@@ -461,8 +468,9 @@ def generate_dataset(
     if object_size is None:
         object_size = (10.0, min(h, w) / 2)
     lo_obj, hi_obj = (float(v) for v in object_size)
-    if num_train < 1 or num_val < 1:
-        raise ValueError('num_train and num_val must be positive')
+    if min(num_train, num_val, num_tune) < 1:
+        raise ValueError(f'num_train, num_val and num_tune must be positive, '
+                         f'got {num_train}, {num_val}, {num_tune}')
     if seed < 0:
         raise ValueError('seed must be non-negative')
     if not 1 <= objects_per_image[0] <= objects_per_image[1]:
@@ -473,6 +481,7 @@ def generate_dataset(
         format_version=FORMAT_VERSION,
         num_train=int(num_train),
         num_val=int(num_val),
+        num_tune=int(num_tune),
         image_size=[h, w],
         seed=int(seed),
         objects_per_image=[int(v) for v in objects_per_image],
@@ -489,7 +498,8 @@ def generate_dataset(
     try:
         os.makedirs(osp.join(tmp, 'annotations'))
         splits = {}
-        first_ids = dict(train=1, val=num_train + 1)
+        first_ids = dict(train=1, val=num_train + 1,
+                         tune=num_train + num_val + 1)
         for split in _SPLITS:
             ann_file, counts = _write_split(tmp, split, first_ids[split],
                                             params[f'num_{split}'], params)
@@ -518,6 +528,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('out_dir', help='dataset root directory')
     parser.add_argument('--num-train', type=int, default=600)
     parser.add_argument('--num-val', type=int, default=150)
+    parser.add_argument('--num-tune', type=int, default=150)
     parser.add_argument(
         '--size',
         type=int,
@@ -536,6 +547,7 @@ def main() -> None:
         args.out_dir,
         num_train=args.num_train,
         num_val=args.num_val,
+        num_tune=args.num_tune,
         image_size=tuple(args.size),
         seed=args.seed)
     action = 'reused' if result['reused'] else 'generated'

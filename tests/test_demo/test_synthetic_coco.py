@@ -11,7 +11,8 @@ from pycocotools.coco import COCO
 from kd_det.demo.synthetic_coco import (CLASSES, META_FILE, generate_dataset,
                                         main)
 
-SMALL = dict(num_train=24, num_val=8, image_size=(128, 160), seed=3)
+SMALL = dict(num_train=24, num_val=8, num_tune=6, image_size=(128, 160), seed=3)
+SPLITS = ('train', 'val', 'tune')
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +41,7 @@ def _same_images(a, b):
 def test_layout_and_counts(dataset):
     assert dataset['classes'] == CLASSES
     assert not dataset['reused']
-    for split in ('train', 'val'):
+    for split in SPLITS:
         assert osp.isfile(dataset[f'{split}_ann_file'])
         assert len(os.listdir(dataset[f'{split}_img_dir'])) == \
             SMALL[f'num_{split}']
@@ -56,7 +57,7 @@ def test_deterministic(dataset, tmp_path):
     again = generate_dataset(str(tmp_path / 'again'), **SMALL)
     other = generate_dataset(
         str(tmp_path / 'other'), **dict(SMALL, seed=SMALL['seed'] + 1))
-    for split in ('train', 'val'):
+    for split in SPLITS:
         ann = _read(dataset[f'{split}_ann_file'])
         assert ann == _read(again[f'{split}_ann_file'])
         assert ann != _read(other[f'{split}_ann_file'])
@@ -71,12 +72,13 @@ def test_more_images_keep_the_first_ones(dataset, tmp_path):
         **dict(SMALL, num_train=SMALL['num_train'] + 4))
     small, large = _pixels(dataset, 'train'), _pixels(larger, 'train')
     assert all(np.array_equal(small[k], large[k]) for k in small)
-    # val images keep their pixels though their ids shift
-    assert list(_pixels(dataset, 'val').values())[0].tobytes() == \
-        list(_pixels(larger, 'val').values())[0].tobytes()
+    # val and tune images keep their pixels though their ids shift
+    for split in ('val', 'tune'):
+        assert [v.tobytes() for v in _pixels(dataset, split).values()] == \
+            [v.tobytes() for v in _pixels(larger, split).values()]
 
 
-@pytest.mark.parametrize('split', ['train', 'val'])
+@pytest.mark.parametrize('split', SPLITS)
 def test_coco_valid(dataset, split):
     coco = COCO(dataset[f'{split}_ann_file'])
     cat_ids = coco.getCatIds()
@@ -111,14 +113,29 @@ def test_coco_valid(dataset, split):
 
 
 def test_splits_disjoint(dataset):
-    train = COCO(dataset['train_ann_file'])
-    val = COCO(dataset['val_ann_file'])
-    assert not set(train.getImgIds()) & set(val.getImgIds())
-    train_files = {i['file_name'] for i in train.dataset['images']}
-    val_files = {i['file_name'] for i in val.dataset['images']}
-    assert not train_files & val_files
-    assert sorted(train_files) == sorted(os.listdir(dataset['train_img_dir']))
-    assert sorted(val_files) == sorted(os.listdir(dataset['val_img_dir']))
+    cocos = {split: COCO(dataset[f'{split}_ann_file']) for split in SPLITS}
+    ids = {split: set(coco.getImgIds()) for split, coco in cocos.items()}
+    files = {split: {i['file_name'] for i in coco.dataset['images']}
+             for split, coco in cocos.items()}
+    for i, a in enumerate(SPLITS):
+        assert sorted(files[a]) == sorted(os.listdir(dataset[f'{a}_img_dir']))
+        for b in SPLITS[i + 1:]:
+            assert not ids[a] & ids[b] and not files[a] & files[b]
+    # tune ids follow val's, which follow train's
+    assert min(ids['tune']) == max(ids['val']) + 1 == SMALL['num_train'] + SMALL['num_val'] + 1
+
+
+def test_tune_split_has_its_own_images(dataset):
+    """The tune split is drawn from its own streams: none of its images repeats a train or
+    val image (same seed), and another seed gives other tune images."""
+    tune = _pixels(dataset, 'tune')
+    others = [img.tobytes() for split in ('train', 'val')
+              for img in _pixels(dataset, split).values()]
+    assert len(tune) == SMALL['num_tune']
+    assert not {img.tobytes() for img in tune.values()} & set(others)
+    assert len({img.tobytes() for img in tune.values()}) == len(tune)
+    instances = dataset['tune_instances_per_class']
+    assert sum(instances.values()) == dataset['num_tune_instances'] >= SMALL['num_tune']
 
 
 def test_reuse(dataset):
@@ -139,9 +156,15 @@ def test_reuse(dataset):
 
 def test_generates_into_empty_dir(tmp_path):
     result = generate_dataset(
-        str(tmp_path), num_train=2, num_val=1, image_size=(64, 64))
+        str(tmp_path), num_train=2, num_val=1, num_tune=1, image_size=(64, 64))
     assert not result['reused']
     assert osp.isfile(osp.join(str(tmp_path), META_FILE))
+
+
+def test_rejects_empty_splits(tmp_path):
+    with pytest.raises(ValueError, match='num_tune must be positive, got 2, 1, 0'):
+        generate_dataset(str(tmp_path / 'ds'), num_train=2, num_val=1, num_tune=0)
+    assert not osp.exists(str(tmp_path / 'ds'))
 
 
 def test_refuses_foreign_data(tmp_path):
@@ -161,7 +184,8 @@ def test_refuses_other_params(dataset):
 
 def test_refuses_modified_dataset(tmp_path):
     result = generate_dataset(
-        str(tmp_path / 'ds'), num_train=2, num_val=1, image_size=(64, 64))
+        str(tmp_path / 'ds'), num_train=2, num_val=1, num_tune=1,
+        image_size=(64, 64))
     ann_file = result['train_ann_file']
     coco = json.loads(_read(ann_file))
     coco['annotations'] = coco['annotations'][1:]
@@ -169,20 +193,23 @@ def test_refuses_modified_dataset(tmp_path):
         json.dump(coco, f)
     with pytest.raises(FileExistsError, match='no longer match'):
         generate_dataset(
-            str(tmp_path / 'ds'), num_train=2, num_val=1, image_size=(64, 64))
+            str(tmp_path / 'ds'), num_train=2, num_val=1, num_tune=1,
+            image_size=(64, 64))
     assert json.loads(_read(ann_file)) == coco
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'cli')
     monkeypatch.setattr(sys, 'argv', [
-        'synthetic_coco', out, '--num-train', '3', '--num-val', '2', '--size',
-        '96', '128', '--seed', '5'
+        'synthetic_coco', out, '--num-train', '3', '--num-val', '2',
+        '--num-tune', '2', '--size', '96', '128', '--seed', '5'
     ])
     main()
     printed = capsys.readouterr().out
     assert printed.startswith('generated')
     assert 'train: 3 images' in printed and 'val: 2 images' in printed
+    assert 'tune: 2 images' in printed
+    assert sorted(os.listdir(osp.join(out, 'tune'))) == ['000006.png', '000007.png']
     main()
     assert capsys.readouterr().out.startswith('reused')
     img = cv2.imread(osp.join(out, 'val', '000004.png'))

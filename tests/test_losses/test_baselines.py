@@ -37,6 +37,39 @@ def test_pkd_matches_mmrazor_definition():
     torch.testing.assert_close(PKDLoss(6.0)(student, teacher), 6.0 * expected)
 
 
+def standardised_mse(student, teacher, eps=1e-6):
+    """PKD through standardised copies (the earlier implementation), for autograd."""
+    def standardise(x):
+        count = x.numel() // x.shape[1]
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=1 if count > 1 else 0,
+                                   keepdim=True)
+        return (x - mean) / (var.clamp_min(1e-24).sqrt() + eps)
+
+    return F.mse_loss(standardise(student), standardise(teacher)) / 2
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 5, 7), (1, 4, 1, 1), (3, 2, 1, 6), (1, 2, 1, 1)])
+def test_pkd_closed_form_matches_standardised_mse_and_its_gradients(shape):
+    """Values and gradients (student and teacher) of the closed form equal autograd through
+    the standardised features in float64, a constant channel and single values included."""
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(shape, dtype=torch.float64, generator=g)
+    teacher = 2 * student + torch.randn(shape, dtype=torch.float64, generator=g)
+    student[:, 0] = 1.5  # constant: clamped variance
+    for function in (pkd_loss, standardised_mse):
+        s, t = student.clone().requires_grad_(), teacher.clone().requires_grad_()
+        value = function(s, t)
+        value.backward()
+        if function is pkd_loss:
+            expected = (value.detach(), s.grad, t.grad)
+        else:
+            torch.testing.assert_close(expected[0], value.detach(), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(expected[1], s.grad, rtol=1e-8, atol=1e-9)
+            torch.testing.assert_close(expected[2], t.grad, rtol=1e-8, atol=1e-9)
+    smooth = (student + torch.randn(shape, dtype=torch.float64, generator=g)).requires_grad_()
+    assert torch.autograd.gradcheck(pkd_loss, (smooth, teacher.clone().requires_grad_()))
+
+
 @pytest.mark.parametrize('tau', [1.0, 4.0])
 def test_cwd_matches_kl_definition(tau):
     """Sum over (N, C) of KL(softmax(t / tau) || softmax(s / tau)) over H * W, * tau^2 / (N C)."""
