@@ -10,11 +10,6 @@ from ..models.distill_sources import StudentTaps
 DETECTOR = 'detector'
 
 
-def _total(values: Iterable[Tensor]) -> Tensor:
-    values = [v for v in values if torch.is_tensor(v) and v.dim() == 0 and v.requires_grad]
-    return torch.stack(values).sum()
-
-
 def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
                         ) -> Dict[str, object]:
     """One training batch through the distiller's own ``loss()``.
@@ -29,8 +24,9 @@ def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
     with StudentTaps(model.student, {source}) as taps:
         losses = model.loss(inputs, samples)
     feats = list(taps.get(source))
-    groups = {DETECTOR: _total(v for k, v in losses.items()
-                               if k.startswith('loss') and k not in model.distill_losses)}
+    # the detector's own total, summed as mmengine does (lists of per-level terms included)
+    groups = {DETECTOR: model.parse_losses(
+        {k: v for k, v in losses.items() if k not in model.distill_losses})[0]}
     groups.update({name: losses[name] for name in model.distill_losses})
     levels = {}
     for name, value in groups.items():

@@ -27,7 +27,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from .rrd import gt_rois
+from .gt_boxes import gt_rois
 from .utils import float32_no_autocast
 
 # Predicted log-variances are clamped to [-LOGVAR_BOUND, LOGVAR_BOUND] so that

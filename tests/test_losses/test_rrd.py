@@ -9,7 +9,7 @@ from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.structures import InstanceData
 
-from kd_det.losses.rrd import (RRDLoss, gather_variable_rows, map_boxes_to_levels,
+from kd_det.losses.rrd import (RRDLoss, gather_variable_rows,
                                relational_distribution_loss, teacher_target_statistics)
 
 OFFICIAL = dict(exclude='none', divergence='cross_entropy', teacher_tau=0.02)
@@ -281,13 +281,6 @@ def test_float32_under_bf16_autocast():
     assert out.dtype == torch.float32 and loss.queue.dtype == torch.float32
     expected = reference([x.float() for x in s], [x.float() for x in t], _samples([[], []]))
     assert torch.allclose(out, expected, atol=1e-6)
-
-
-def test_level_mapping_follows_fpn():
-    sides = torch.tensor([16., 111., 112., 224., 448., 2000.])
-    boxes = torch.stack([torch.zeros(6), torch.zeros(6), sides, sides], dim=1)
-    assert map_boxes_to_levels(boxes, 5, 56.).tolist() == [0, 0, 1, 2, 3, 4]
-    assert map_boxes_to_levels(boxes, 4, 56.).tolist() == [0, 0, 1, 2, 3, 3]
 
 
 def test_instance_vectors_pool_the_assigned_level_of_the_right_image():

@@ -138,7 +138,8 @@ def synthetic_batches(model: nn.Module, num: int, batch: int, size: Tuple[int, i
                                         generator=gen))
             boxes = torch.rand(int(torch.randint(1, 6, (), generator=gen)), 4, generator=gen)
             corner, side = boxes[:, :2] * 0.7, 0.05 + boxes[:, 2:] * 0.25
-            sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size,
+            sample = DetDataSample(metainfo=dict(img_id=len(batches) * batch + len(samples),
+                                                 img_shape=size, ori_shape=size,
                                                  scale_factor=(1.0, 1.0)))
             sample.gt_instances = InstanceData(
                 bboxes=torch.cat([corner, corner + side], 1) * extent,
