@@ -29,8 +29,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT, or from the latest checkpoint in '
-                        'the work dir when no path is given')
+                        help='resume from CKPT, or, without a path, from the newest '
+                        'checkpoint in the work dir that loads (a truncated one is skipped '
+                        'with a warning)')
     add_common_arguments(parser)
     return parse_command_line(parser)
 
