@@ -5,6 +5,7 @@ logits (per-class binary KL for sigmoid heads such as RetinaNet or FCOS).
 """
 from typing import Optional
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
@@ -26,13 +27,16 @@ def softmax_kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Ten
 def sigmoid_kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """Mean over rows of the per-class binary KL of sigmoid(logits / T), summed over classes, * T^2.
 
-    ``KL = p log(p / q) + (1 - p) log((1 - p) / (1 - q))`` with ``p = sigmoid(t / T)``,
-    ``q = sigmoid(s / T)``, in log-sigmoid form (finite for any logits).
+    ``KL(p || q) = p log(p / q) + (1 - p) log((1 - p) / (1 - q))`` with ``p = sigmoid(t / T)``,
+    ``q = sigmoid(s / T)`` equals ``BCE(s / T, p) - BCE(t / T, p)`` (binary cross-entropy
+    with logits, soft target p: the second term is p's entropy), computed by torch's fused,
+    stable kernel: a few passes over the (R, K) rows, finite for any logits.
     """
     t, s = teacher / temperature, student / temperature
-    log_p, log_not_p = F.logsigmoid(t), F.logsigmoid(-t)
-    kl = log_p.exp() * (log_p - F.logsigmoid(s)) + log_not_p.exp() * (log_not_p - F.logsigmoid(-s))
-    return kl.sum(dim=1).mean() * temperature**2
+    p = torch.sigmoid(t)
+    kl = (F.binary_cross_entropy_with_logits(s, p, reduction='sum')
+          - F.binary_cross_entropy_with_logits(t, p, reduction='sum'))
+    return kl / student.size(0) * temperature**2
 
 
 @MODELS.register_module()
