@@ -132,12 +132,15 @@ class Run:
         self.name, self.argv, self.work_dir = name, argv, work_dir
         self.key = hashlib.sha1(json.dumps([split, argv]).encode()).hexdigest()[:12]
         self.result_file = osp.join(work_dir, 'demo_result.json')
-        self.result: Optional[dict] = None
-        if osp.isfile(self.result_file):
-            with open(self.result_file) as f:
-                cached = json.load(f)
-            if cached.get('key') == self.key:
-                self.result = cached
+        self.result: Optional[dict] = self.cached()
+
+    def cached(self) -> Optional[dict]:
+        """The result a finished run of the same settings left in the work dir, or None."""
+        if not osp.isfile(self.result_file):
+            return None
+        with open(self.result_file) as f:
+            cached = json.load(f)
+        return cached if cached.get('key') == self.key else None
 
     def start(self, threads: int) -> subprocess.Popen:
         os.makedirs(self.work_dir, exist_ok=True)
@@ -193,6 +196,10 @@ def run_all(runs: List[Run], jobs: int) -> None:
     while todo or active:
         while todo and len(active) < jobs:
             run = todo.pop(0)
+            run.result = run.cached()  # another demo process may have finished it meanwhile
+            if run.result is not None:
+                print(f'[{run.name}] reusing finished run in {run.work_dir}')
+                continue
             print(f'[{run.name}] starting: python {" ".join(run.argv[:2])} ...', flush=True)
             run.start(threads)
             active.append(run)
