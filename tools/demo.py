@@ -1,9 +1,9 @@
 """The embedded demo: distil a small detector from a bigger one on a CPU, and measure it.
 
-    python tools/demo.py                 # baseline, SSIM, RCKA students (~15-30 min, 2 cores)
+    python tools/demo.py                 # baseline + SSIM, RCKA, RRD, UniKD students
     python tools/demo.py --quick         # ~2 min smoke run (what the tests run)
     python tools/demo.py --seeds 3       # every student over 3 seeds: mean +- std
-    python tools/demo.py --methods baseline ssim rcka mse pkd rrd unikd
+    python tools/demo.py --seeds 3 --methods baseline ssim rcka rrd unikd ssim-rcka mse pkd kd
     python tools/demo.py --split tune    # evaluate on the tune split (for choosing settings)
     python tools/demo.py --split tune --methods rrd \\
         'rrd[model.distill_losses.loss_rrd.loss_weight=0.1]'
@@ -62,6 +62,8 @@ METHOD_CONFIGS = {
 DATA = dict(full=dict(num_train=600, num_val=150, num_tune=150, image_size=(192, 192)),
             quick=dict(num_train=32, num_val=16, num_tune=16, image_size=(192, 192)))
 SPLITS = ('val', 'tune')
+# the student alone and the four seed methods (UniKD whole: features and logits)
+DEFAULT_METHODS = ('baseline', 'ssim', 'rcka', 'rrd', 'unikd')
 # methods that distil neck features (the similarity figure shows the first one run)
 FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'rrd', 'unikd', 'unikd-features')
 
@@ -71,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='default: work_dirs/kd_det_demo[_quick]')
     parser.add_argument('--quick', action='store_true',
                         help='smoke run: 32 train images, 1 epoch, teacher trained 1 epoch')
-    parser.add_argument('--methods', nargs='+', default=['baseline', 'ssim', 'rcka'],
+    parser.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS),
                         help=f'students to train: {sorted(METHOD_CONFIGS)}, each optionally '
                         'with config overrides, e.g. rcka[model.distill_losses.loss_rcka.'
                         'loss_weight=5,...] (a variant of its own in the table)')

@@ -3,11 +3,21 @@ import json
 import math
 import os.path as osp
 
+import importlib.util
+
 import matplotlib.image as mpimg
+import pytest
 
-from testing_utils import run_tool
+from testing_utils import REPO, run_tool
 
-METHODS = ['baseline', 'ssim', 'rcka']
+METHODS = ['baseline', 'ssim', 'rcka', 'rrd', 'unikd']  # the default: baseline + seed methods
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location('demo', osp.join(REPO, 'tools', 'demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -26,7 +36,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert osp.isfile(osp.join(run['work_dir'], 'epoch_1.pth'))
     assert results['teacher']['checkpoint'].startswith(work)
     summary = results['summary']
-    for method in ('ssim', 'rcka'):
+    for method in METHODS[1:]:
         expected = summary[method]['AP']['mean'] - summary['baseline']['AP']['mean']
         assert math.isclose(summary[method]['gain'], expected)
     table = open(osp.join(work, 'results.md')).read()
@@ -37,3 +47,15 @@ def test_quick_demo_end_to_end(tmp_path):
     # a second run reuses every finished run instead of training again
     again = run_tool('tools/demo.py', '--quick', '--work-dir', work, timeout=300).stdout
     assert again.count('reusing finished run') == 1 + len(METHODS)
+
+
+def test_method_variants_and_bad_methods():
+    demo = load_demo()
+    assert demo.method_config('rrd') == ('rrd', [])
+    assert demo.method_config('rrd[a.b=0.1,c=none]') == ('rrd', ['a.b=0.1', 'c=none'])
+    args = demo.parse_args(['--methods', 'kd[model.x=1]', '--work-dir', 'w'])
+    assert args.methods == ['baseline', 'kd[model.x=1]']
+    config = demo.method_argv('kd[model.x=1]')[0]
+    assert config.endswith('kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py')
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--methods', 'ssimm'])
