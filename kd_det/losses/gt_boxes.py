@@ -56,3 +56,10 @@ def gt_rois(batch_data_samples: List[DetDataSample], device: torch.device) -> Te
         F.pad(get_box_tensor(sample.gt_instances.bboxes).to(device, torch.float32), (1, 0),
               value=float(i)) for i, sample in enumerate(batch_data_samples)
     ])
+
+
+def check_level_strides(owner: str, strides, num_levels: int) -> None:
+    """Raise naming ``owner`` unless ``strides`` is None or gives one stride per level."""
+    if strides is not None and len(strides) != num_levels:
+        raise ValueError(f'{owner}: {len(strides)} strides {tuple(strides)} for '
+                         f'{num_levels} levels')

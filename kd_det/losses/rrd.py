@@ -22,7 +22,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from .gt_boxes import gt_rois, map_boxes_to_levels, pool_instances
+from .gt_boxes import check_level_strides, gt_rois, map_boxes_to_levels, pool_instances
 from .utils import float32_no_autocast
 
 
@@ -243,9 +243,7 @@ class RRDLoss(nn.Module):
                              f'{student_tau}, teacher_tau={teacher_tau}')
         if queue_size < 1:
             raise ValueError(f'RRDLoss: queue_size must be >= 1, got {queue_size}')
-        if strides is not None and len(strides) != num_levels:
-            raise ValueError(f'RRDLoss: {len(strides)} strides {tuple(strides)} for '
-                             f'{num_levels} levels')
+        check_level_strides('RRDLoss', strides, num_levels)
         if mode == 'instance' and finest_scale is None:
             raise ValueError("RRDLoss(mode='instance') needs finest_scale: the distiller "
                              "sets it from the student's RoI extractor; give it explicitly "

@@ -27,7 +27,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from .gt_boxes import gt_rois
+from .gt_boxes import check_level_strides, gt_rois
 from .utils import float32_no_autocast
 
 # Predicted log-variances are clamped to [-LOGVAR_BOUND, LOGVAR_BOUND] so that
@@ -220,9 +220,7 @@ class UniKDLoss(nn.Module):
             raise ValueError(f'UniKDLoss: temperature must be > 0, got {temperature}')
         if pooling not in POOLING:
             raise ValueError(f'UniKDLoss: pooling must be one of {POOLING}, got {pooling!r}')
-        if strides is not None and len(strides) != num_levels:
-            raise ValueError(f'UniKDLoss: {len(strides)} strides {tuple(strides)} for '
-                             f'{num_levels} levels')
+        check_level_strides('UniKDLoss', strides, num_levels)
         if pooling == 'instance' and strides is None:
             raise ValueError("UniKDLoss(pooling='instance') needs strides: the distiller sets "
                              'them from the paired levels; give them explicitly when calling '
