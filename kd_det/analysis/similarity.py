@@ -225,8 +225,8 @@ def distill_features(model: nn.Module, inputs: Tensor) -> Tuple[Dict[int, Tensor
     (the student through its connectors, the teacher level of the same stride)."""
     source = model.feature_source
     run = model.student.backbone if source == 'backbone' else model.student.extract_feat
-    student, teacher = model.paired_features(list(run(inputs)), model.teacher_features(inputs),
-                                             source)
+    student, teacher = model.paired_features(
+        list(run(inputs)), model.teacher_outputs(inputs, features_only=True)[source], source)
     return student, teacher
 
 

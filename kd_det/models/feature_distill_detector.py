@@ -209,9 +209,13 @@ class FeatureDistillDetector(BaseDetector):
         return (batch_inputs.flip(1) if flip else batch_inputs) * scale + shift
 
     @torch.no_grad()
-    def teacher_outputs(self, batch_inputs: Tensor, rois: Optional[Tensor] = None
-                        ) -> Dict[str, object]:
-        """What the losses read of the teacher: 'neck', 'backbone', 'roi', 'dense'."""
+    def teacher_outputs(self, batch_inputs: Tensor, rois: Optional[Tensor] = None,
+                        features_only: bool = False) -> Dict[str, object]:
+        """What the losses read of the teacher: 'neck', 'backbone', 'roi', 'dense'.
+
+        ``rois`` (R, 5) are the student's sampled RoIs, needed by RoI sources;
+        ``features_only`` skips the heads (the feature levels alone).
+        """
         inputs = self.teacher_inputs(batch_inputs)
         out: Dict[str, object] = {}
         feats = self.teacher.backbone(inputs)
@@ -219,19 +223,13 @@ class FeatureDistillDetector(BaseDetector):
             out['backbone'] = list(feats)
         if self.sources - {'backbone'}:
             out['neck'] = list(self.teacher.neck(feats) if self.teacher.with_neck else feats)
+        if features_only:
+            return out
         if self.sources & set(ROI_SOURCES):
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois)
         if self.sources & set(DENSE_SOURCES):
             out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
         return out
-
-    def teacher_features(self, batch_inputs: Tensor) -> List[Tensor]:
-        """The teacher's ``feature_source`` levels, without gradient."""
-        inputs = self.teacher_inputs(batch_inputs)
-        with torch.no_grad():
-            if self.feature_source == 'backbone':
-                return list(self.teacher.backbone(inputs))
-            return list(self.teacher.extract_feat(inputs))
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],
                      batch_data_samples: SampleList) -> Dict[str, Tensor]:
