@@ -17,12 +17,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_gather, get_rank, get_world_size
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
 from .gt_boxes import check_level_strides, gt_rois, map_boxes_to_levels, pool_instances
+from .rrd_memory import EXCLUDE, enqueue, gather_variable_rows, related_entries
 from .utils import float32_no_autocast
 
 
@@ -110,25 +110,6 @@ def teacher_target_statistics(teacher_emb: Tensor,
                 max_weight=p.max(dim=1).values.mean().item(), self_weight=own.mean().item())
 
 
-def gather_variable_rows(x: Tensor) -> Tuple[Tensor, int]:
-    """Concatenate, in rank order, the (n_r, ...) tensors of all ranks (n_r may differ).
-
-    Returns the concatenation and the row where this rank's rows start in it.
-    Identity (and 0) when not distributed. Every rank must call it, also with n_r = 0.
-    """
-    if get_world_size() == 1:
-        return x, 0
-    sizes = all_gather(torch.tensor([x.size(0)], device=x.device))
-    sizes = [int(s.item()) for s in sizes]
-    padded = x.new_zeros((max(sizes), ) + tuple(x.shape[1:]))
-    padded[:x.size(0)] = x
-    gathered = all_gather(padded)
-    return torch.cat([g[:n] for g, n in zip(gathered, sizes)]), sum(sizes[:get_rank()])
-
-
-EXCLUDE = ('none', 'self', 'image')
-
-
 @MODELS.register_module()
 class RRDLoss(nn.Module):
     """RRD loss between student and teacher multi-level (FPN) features.
@@ -150,15 +131,16 @@ class RRDLoss(nn.Module):
     needs no ``find_unused_parameters``; it still lives in checkpoints. Being
     fixed, it also keeps the memory's old entries consistent with new ones.
 
-    Memory: a FIFO queue of ``queue_size`` teacher embeddings (buffers
-    ``queue``, ``queue_ids`` (the image id of each entry), ``queue_ptr``,
-    ``queue_len``: saved in checkpoints, so resuming is exact). Each step first
-    enqueues the teacher embeddings of all ranks (variable counts, gathered in
-    rank order; only the newest ``queue_size`` when more arrive), writing at
-    ``queue_ptr`` and wrapping around, and then relates the local embeddings
-    to the filled part of the queue. Unlike the official code, which starts
-    from random entries, slots never written are left out of the softmax, so
-    the loss only ever relates to real teacher embeddings.
+    Memory (:mod:`kd_det.losses.rrd_memory`): a FIFO queue of ``queue_size``
+    teacher embeddings (buffers ``queue``, ``queue_ids`` (the image id of each
+    entry), ``queue_ptr``, ``queue_len``: saved in checkpoints, so resuming is
+    exact). Each step first enqueues the teacher embeddings of all ranks
+    (variable counts, gathered in rank order; only the newest ``queue_size``
+    when more arrive), writing at ``queue_ptr`` and wrapping around, and then
+    relates the local embeddings to the filled part of the queue. Unlike the
+    official code, which starts from random entries, slots never written are
+    left out of the softmax, so the loss only ever relates to real teacher
+    embeddings.
 
     Exclusion (``exclude``, our adaptation to detection): in the official code
     each embedding's own entry is in the memory it relates to. With the
@@ -319,25 +301,6 @@ class RRDLoss(nn.Module):
         return ids if rois is None else ids[rois[:, 0].long()]
 
     @torch.no_grad()
-    def _enqueue(self, keys: Tensor, ids: Tensor) -> Tensor:
-        """Write (n, D) ``keys`` and their (n, ) image ``ids`` at ``queue_ptr`` (wrapping
-        around; oldest out first). Returns the (n, ) slot of each key, -1 for the keys
-        that did not fit (only the newest ``queue_size`` are written)."""
-        size = self.queue.size(0)
-        n = keys.size(0)
-        kept = min(n, size)
-        ptr = int(self.queue_ptr)
-        slots = torch.full((n, ), -1, dtype=torch.long, device=keys.device)
-        if kept == 0:
-            return slots
-        slots[n - kept:] = (ptr + torch.arange(kept, device=keys.device)) % size
-        self.queue[slots[n - kept:]] = keys[n - kept:].to(self.queue.dtype)
-        self.queue_ids[slots[n - kept:]] = ids[n - kept:]
-        self.queue_ptr.fill_((ptr + kept) % size)
-        self.queue_len.fill_(min(int(self.queue_len) + kept, size))
-        return slots
-
-    @torch.no_grad()
     def _teacher_side(self, teacher: List[Tensor], rois: Optional[Tensor],
                       image_ids: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
         """Embed the teacher vectors, enqueue those of all ranks, and return the (B, D)
@@ -346,19 +309,11 @@ class RRDLoss(nn.Module):
         teacher_emb = F.normalize(self.teacher_head(self._vectors(teacher, rois)), dim=1)
         keys, offset = gather_variable_rows(teacher_emb)
         key_ids, _ = gather_variable_rows(image_ids)
-        own_slots = self._enqueue(keys, key_ids)[offset:offset + teacher_emb.size(0)]
+        own_slots = enqueue(self.queue, self.queue_ids, self.queue_ptr, self.queue_len, keys,
+                            key_ids)[offset:offset + teacher_emb.size(0)]
         size = int(self.queue_len)
-        memory = self.queue[:size]
-        if self.exclude == 'none':
-            return teacher_emb, memory, None, own_slots
-        if self.exclude == 'image':
-            valid = self.queue_ids[:size][None, :] != image_ids[:, None]
-        else:
-            valid = torch.ones(teacher_emb.size(0), size, dtype=torch.bool,
-                               device=memory.device)
-            rows = torch.nonzero(own_slots >= 0).squeeze(1)
-            valid[rows, own_slots[rows]] = False
-        return teacher_emb, memory, valid, own_slots
+        valid = related_entries(self.queue_ids[:size], image_ids, own_slots, self.exclude)
+        return teacher_emb, self.queue[:size], valid, own_slots
 
     @torch.no_grad()
     def measure_teacher_target(

@@ -34,16 +34,15 @@ sample the same proposals.
 
 Peak memory of a phase = the tensors its models keep (parameters, buffers,
 optimizer state) + the peak growth over the memory in use when the phase
-starts, measured in a separate pass after timing. CUDA: growth of
-``max_memory_allocated``. CPU: growth of the process's peak RSS (VmHWM, reset
-per phase through /proc/self/clear_refs), with glibc's mmap threshold lowered
-to 64 KiB and free heap trimmed first so that RSS follows the live tensors.
+starts, measured in a separate pass after timing (kd_det.analysis.memory).
+CUDA: growth of ``max_memory_allocated``. CPU: growth of the process's peak RSS
+(VmHWM, reset per phase through /proc/self/clear_refs), with glibc's mmap
+threshold lowered to 64 KiB and free heap trimmed first so that RSS follows
+the live tensors.
 Gradients are freed after each step (``zero_grad``), so they count as growth.
 """
 import argparse
 import copy
-import ctypes
-import gc
 import glob
 import os.path as osp
 import platform
@@ -65,6 +64,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 import kd_det  # noqa: F401  (registers kd_det's modules)
+from kd_det.analysis.memory import PeakMemory
 from kd_det.models.distill_sources import StudentTaps
 from kd_det.models.teacher import teacher_model_cfg
 
@@ -78,7 +78,6 @@ PHASES = ('student', 'teacher', 'distill')
 DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1, clock='cpu'),
                 cuda=dict(size=(800, 1333), batch=2, threads=None, clock='wall'))
 MIB = 2**20
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 Batch = Tuple[Tensor, List[DetDataSample]]  # inputs, samples
 
@@ -192,38 +191,6 @@ def _resident_bytes(modules: Sequence[nn.Module], wrapper: Optional[OptimWrapper
         tensors += [v for state in wrapper.optimizer.state.values() for v in state.values()
                     if isinstance(v, Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class PeakMemory:
-    """Peak memory growth of a block of work: CUDA max allocated, or peak RSS on CPU."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith('cuda')
-        if not self.cuda:
-            self.libc = ctypes.CDLL(None)
-            self.libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
-
-    def _status(self, key: str) -> int:
-        with open('/proc/self/status') as f:
-            line = next(line for line in f if line.startswith(key + ':'))
-        return int(line.split()[1]) * 1024
-
-    def measure(self, work: Callable[[], None]) -> int:
-        """Bytes in use at the peak of ``work`` beyond those in use before it."""
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            start = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            work()
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - start
-        self.libc.malloc_trim(0)
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # reset VmHWM to the current RSS
-        start = self._status('VmRSS')
-        work()
-        return self._status('VmHWM') - start
 
 
 def device_name(device: str, threads: Optional[int], amp: bool) -> str:

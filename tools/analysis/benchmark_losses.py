@@ -16,8 +16,6 @@ to return freed blocks to the system (which the CPU memory column needs, and whi
 every row page faults on fresh memory if it were on while timing).
 """
 import argparse
-import ctypes
-import gc
 import math
 import statistics
 import time
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_det.analysis.memory import PeakMemory
 from kd_det.losses.cwd import CWDLoss
 from kd_det.losses.feature_mse import FeatureMSELoss
 from kd_det.losses.pkd import PKDLoss
@@ -120,47 +119,15 @@ def time_ms(run, students, teachers, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_extra_bytes(run, students, teachers, device) -> Optional[int]:
-    """Peak memory above what was in use before one forward + backward (see module doc)."""
+def peak_extra_bytes(meter: PeakMemory, run, students, teachers, device) -> Optional[int]:
+    """Peak memory above what was in use before one forward + backward (see module doc);
+    None where the CPU meter cannot read /proc."""
     for s in students:
         s.grad = None
-    gc.collect()
-    return_freed_memory_to_os()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        forward_backward(run, students, teachers, device)
-        return torch.cuda.max_memory_allocated(device) - before
     try:
-        with open('/proc/self/clear_refs', 'w') as clear_refs:
-            clear_refs.write('5')  # reset VmHWM to the current resident size
-        before = _status_kib('VmRSS:')
-        forward_backward(run, students, teachers, device)
-        return (_status_kib('VmHWM:') - before) * 1024
+        return meter.measure(lambda: forward_backward(run, students, teachers, device))
     except OSError:
         return None
-
-
-def return_freed_memory_to_os() -> None:
-    """Fix glibc's mmap and trim thresholds so freed tensors leave the resident set, and hand
-    back what the allocator holds now."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-    libc.mallopt(m_trim_threshold, 128 * 1024)
-    libc.malloc_trim(0)
 
 
 def main() -> None:
@@ -208,8 +175,9 @@ def main() -> None:
     print(f'{"loss":34s} {"ms":>9s} {"x MSE":>7s} {memory + " MB":>22s} {"x inputs":>9s}')
     times = [time_ms(run, students, teachers, device, args.repeats) for _, run in rows]
     mse_ms = times[0]
+    meter = PeakMemory(device, mmap_threshold=128 * 1024, trim_threshold=128 * 1024)
     for (name, run), ms in zip(rows, times):
-        extra = peak_extra_bytes(run, students, teachers, device)
+        extra = peak_extra_bytes(meter, run, students, teachers, device)
         inputs = sum(level_bytes[:run.levels])
         memory_cols = (f'{extra / 2**20:22.1f} {extra / inputs:9.2f}' if extra is not None
                        else f'{"n/a":>22s} {"n/a":>9s}')
