@@ -54,6 +54,7 @@ METHOD_CONFIGS = {
     'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'rrd': 'rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'rrd-kd': 'rrd-kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'unikd': 'unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'unikd-features': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'ssim-rcka': 'ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
@@ -65,7 +66,8 @@ SPLITS = ('val', 'tune')
 # the student alone and the four seed methods (UniKD whole: features and logits)
 DEFAULT_METHODS = ('baseline', 'ssim', 'rcka', 'rrd', 'unikd')
 # methods that distil neck features (the similarity figure shows the first one run)
-FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'rrd', 'unikd', 'unikd-features')
+FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'rrd', 'rrd-kd', 'unikd',
+                   'unikd-features')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
