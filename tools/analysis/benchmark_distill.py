@@ -44,6 +44,7 @@ Gradients are freed after each step (``zero_grad``), so they count as growth.
 import argparse
 import copy
 import glob
+import multiprocessing
 import os.path as osp
 import platform
 import shlex
@@ -364,11 +365,19 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def benchmark_all(args: argparse.Namespace) -> List[dict]:
-    """:func:`benchmark` of every shipped config group; prints each report, then the table."""
+    """:func:`benchmark` of every shipped config group; prints each report, then the table.
+
+    Each group runs in a fresh process, exactly as the single-config command does:
+    in one process, the peak-memory pass of a group (glibc's mmap threshold lowered
+    for the whole process) would slow the timed steps of every later group.
+    """
     results = []
+    spawn = multiprocessing.get_context('spawn')
     for group in shipped_configs():
-        result = benchmark(group[0], tuple(args.size), args.batch, args.repeats, args.warmup,
-                           args.device, args.threads, args.amp, None, 0, args.clock)
+        with spawn.Pool(1) as pool:
+            result = pool.apply(benchmark, (group[0], tuple(args.size), args.batch,
+                                            args.repeats, args.warmup, args.device,
+                                            args.threads, args.amp, None, 0, args.clock))
         result['config'] = ', '.join(osp.basename(path) for path in group)
         print(format_report(result), end='\n\n', flush=True)
         results.append(result)
