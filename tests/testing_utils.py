@@ -1,8 +1,11 @@
 """Shared test helpers: tiny detectors on the real COCO images of ../shared/data/coco128."""
+import multiprocessing
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
+from typing import Any, Callable, Dict
 
 import pytest
 
@@ -122,3 +125,42 @@ def snapshot_hook():
         def before_train(self, runner):
             self.state = {k: v.clone() for k, v in runner.model.state_dict().items()}
     return Snapshot()
+
+
+def _gloo_rank(work: Callable[[int], Any], rank: int, world_size: int, port: int,
+               results) -> None:
+    import torch
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
+    torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                                         rank=rank, world_size=world_size)
+    try:
+        results[rank] = work(rank)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_gloo_ranks(work: Callable[[int], Any], world_size: int = 2) -> Dict[int, Any]:
+    """``{rank: work(rank)}`` from ``world_size`` forked processes in one gloo process group.
+
+    ``work`` runs between ``init_process_group`` and ``destroy_process_group`` and returns
+    something picklable; every process must exit cleanly (asserted).
+    """
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    ctx = multiprocessing.get_context('fork')
+    with ctx.Manager() as manager:
+        shared = manager.dict()
+        procs = [ctx.Process(target=_gloo_rank, args=(work, r, world_size, port, shared))
+                 for r in range(world_size)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        results = dict(shared)
+    assert all(p.exitcode == 0 for p in procs)
+    return results
+

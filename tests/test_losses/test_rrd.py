@@ -1,6 +1,4 @@
 import math
-import multiprocessing
-import socket
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ from mmdet.structures.bbox import HorizontalBoxes
 from mmengine.structures import InstanceData
 
 from kd_det.losses.rrd import RRDLoss, relational_distribution_loss, teacher_target_statistics
+from testing_utils import run_gloo_ranks
 
 OFFICIAL = dict(exclude='none', divergence='cross_entropy', teacher_tau=0.02)
 
@@ -327,39 +326,18 @@ def test_rejects_bad_arguments():
     assert torch.isfinite(out)
 
 
-def _ddp_worker(rank, port, results):
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-    torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                                         rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)  # same heads on both ranks
-        loss = RRDLoss(in_channels=4, teacher_channels=4, num_levels=2, mode='instance',
-                       strides=(4, 8), finest_scale=56., queue_size=8)
-        boxes = [[[0., 0., 20., 20.], [4., 4., 40., 30.], [8., 0., 60., 60.]], []][rank]
-        loss(_feats(1, 4, (16, 8), seed=rank), _feats(1, 4, (16, 8), seed=10 + rank),
-             _samples([boxes], [5 + rank]))
-        results[rank] = (loss.queue.tolist(), loss.queue_ids.tolist(), int(loss.queue_len))
-    finally:
-        torch.distributed.destroy_process_group()
+def _rrd_step_queue(rank):
+    torch.manual_seed(0)  # same heads on both ranks
+    loss = RRDLoss(in_channels=4, teacher_channels=4, num_levels=2, mode='instance',
+                   strides=(4, 8), finest_scale=56., queue_size=8)
+    boxes = [[[0., 0., 20., 20.], [4., 4., 40., 30.], [8., 0., 60., 60.]], []][rank]
+    loss(_feats(1, 4, (16, 8), seed=rank), _feats(1, 4, (16, 8), seed=10 + rank),
+         _samples([boxes], [5 + rank]))
+    return loss.queue.tolist(), loss.queue_ids.tolist(), int(loss.queue_len)
 
 
 def test_ddp_queue_gathers_all_ranks():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    ctx = multiprocessing.get_context('fork')
-    with ctx.Manager() as manager:
-        shared = manager.dict()
-        procs = [ctx.Process(target=_ddp_worker, args=(r, port, shared)) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        results = dict(shared)
-    assert all(p.exitcode == 0 for p in procs)
+    results = run_gloo_ranks(_rrd_step_queue)
     # Rank 0 had 3 boxes, rank 1 none: both queues hold the same 3 embeddings.
     assert results[0][0] == results[1][0] and results[0][2] == results[1][2] == 3
     assert results[0][1] == results[1][1] == [5, 5, 5] + [-1] * 5

@@ -1,10 +1,8 @@
-import multiprocessing
-import socket
-
 import pytest
 import torch
 
 from kd_det.losses.rrd_memory import enqueue, gather_variable_rows, related_entries
+from testing_utils import run_gloo_ranks
 
 
 def _memory(size, dim):
@@ -69,39 +67,18 @@ def test_gather_is_identity_when_not_distributed():
     assert rows is x and offset == 0
 
 
-def _ddp_worker(rank, port, results):
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-    torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                                         rank=rank, world_size=2)
-    try:
-        rows, offset = gather_variable_rows(torch.full((2 * rank + 1, 3), float(rank + 1)))
-        empty, empty_offset = gather_variable_rows(torch.zeros([(3, 2), (0, 2)][rank]))
-        memory = _memory(6, 3)
-        ids, _ = gather_variable_rows(torch.full((2 * rank + 1, ), 5 + rank))
-        slots = enqueue(*memory, rows, ids)[offset:offset + 2 * rank + 1]
-        results[rank] = (rows.tolist(), offset, tuple(empty.shape), empty_offset,
-                         memory[0].tolist(), memory[1].tolist(), slots.tolist())
-    finally:
-        torch.distributed.destroy_process_group()
+def _gather_and_enqueue(rank):
+    rows, offset = gather_variable_rows(torch.full((2 * rank + 1, 3), float(rank + 1)))
+    empty, empty_offset = gather_variable_rows(torch.zeros([(3, 2), (0, 2)][rank]))
+    memory = _memory(6, 3)
+    ids, _ = gather_variable_rows(torch.full((2 * rank + 1, ), 5 + rank))
+    slots = enqueue(*memory, rows, ids)[offset:offset + 2 * rank + 1]
+    return (rows.tolist(), offset, tuple(empty.shape), empty_offset, memory[0].tolist(),
+            memory[1].tolist(), slots.tolist())
 
 
 def test_ddp_gather_variable_rows_fills_the_same_memory_on_all_ranks():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    ctx = multiprocessing.get_context('fork')
-    with ctx.Manager() as manager:
-        shared = manager.dict()
-        procs = [ctx.Process(target=_ddp_worker, args=(r, port, shared)) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        results = dict(shared)
-    assert all(p.exitcode == 0 for p in procs)
+    results = run_gloo_ranks(_gather_and_enqueue)
     assert results[0][0] == results[1][0] == [[1., 1., 1.]] + [[2., 2., 2.]] * 3
     assert (results[0][1], results[1][1]) == (0, 1)  # where each rank's rows start
     # rank 1 gives no rows: it still takes part and gets rank 0's
