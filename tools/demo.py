@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import os.path as osp
-import platform
 import re
 import subprocess
 import sys
@@ -151,21 +150,6 @@ def plan_jobs(num_runs: int, cpus: int, jobs: Optional[int] = None) -> Tuple[int
     if jobs is None:
         jobs = min(max(num_runs, 1), cpus + 1)
     return jobs, max(1, cpus // jobs)
-
-
-def cpu_description() -> str:
-    """The CPU model and its widest x86 SIMD (which sets the float rounding of training,
-    hence its APs, and its speed), e.g. ``'AMD EPYC, AVX-512'``."""
-    model, flags = platform.processor() or platform.machine(), set()
-    if osp.isfile('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            info = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines()
-                        if ':' in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        model, flags = info.get('model name', model), set(info.get('flags', '').split())
-    simd = next((name for flag, name in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'))
-                 if flag in flags), None)
-    return f'{model}, {simd}' if simd else model
 
 
 def method_config(token: str) -> Tuple[str, List[str]]:
@@ -368,8 +352,7 @@ def main(argv=None) -> dict:
                for m, rs in runs.items()}
     summary = report.summarise(results, teacher)
     rows = report.table_rows(summary, teacher)
-    machine = (f'{cpu_description()}, {platform.machine()}, {os.cpu_count()} CPUs, '
-               f'Python {platform.python_version()}')
+    machine = report.machine_description()
     title = (f'kd_det demo: COCO box AP on {data[f"num_{split}_images"]} {split} images, '
              f'{args.seeds} seed(s), {machine}')
     print('\n' + title + '\n' + report.format_text(rows))
