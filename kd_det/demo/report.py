@@ -1,6 +1,9 @@
 """The demo's results: summary statistics, a text/Markdown table, JSON and an AP chart."""
 import json
 import math
+import os
+import os.path as osp
+import platform
 from typing import Dict, List, Optional
 
 #: (column title, CocoMetric key) of the table's AP columns.
@@ -15,6 +18,28 @@ def mean_std(values: List[float]) -> Dict[str, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return {'mean': mean, 'std': std, 'n': n}
+
+
+def cpu_description() -> str:
+    """The CPU model and its widest x86 SIMD (which sets the float rounding of training,
+    hence its APs, and its speed), e.g. ``'AMD EPYC, AVX-512'``."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if osp.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            info = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines()
+                        if ':' in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        model, flags = info.get('model name', model), set(info.get('flags', '').split())
+    simd = next((name for flag, name in (('avx512f', 'AVX-512'), ('avx2', 'AVX2'))
+                 if flag in flags), None)
+    return f'{model}, {simd}' if simd else model
+
+
+def machine_description() -> str:
+    """What the results were measured on, e.g. ``'AMD EPYC, AVX-512, x86_64, 2 CPUs,
+    Python 3.11.7'``: the CPU model matters, APs and times differ between models."""
+    return (f'{cpu_description()}, {platform.machine()}, {os.cpu_count()} CPUs, '
+            f'Python {platform.python_version()}')
 
 
 def summarise(runs: Dict[str, List[dict]], teacher: Optional[dict]) -> Dict[str, dict]:

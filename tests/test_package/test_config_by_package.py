@@ -14,7 +14,7 @@ from kd_det.configs import CONFIG_DIR, config_path, read_config
 SSIM = 'kd_det::ssim/ssim_faster-rcnn_r101-to-r50_fpn_2x_coco.py'
 DEMO_SSIM = 'kd_det::demo/ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py'
 # mmengine's words for a `kd_det::` base read by a tool that has not imported kd_det;
-# the README's troubleshooting table quotes them
+# the troubleshooting table in docs/faq.md quotes them
 NOT_IMPORTED = 'mmengine does not support to load kd_det config.'
 
 
@@ -71,12 +71,12 @@ def test_unknown_config_argument_names_the_path_and_the_folder():
     assert config_path(SSIM) == osp.join(CONFIG_DIR, SSIM[len('kd_det::'):])
 
 
-def test_tool_without_kd_det_fails_in_mmengine_as_the_readme_says(tmp_path):
+def test_tool_without_kd_det_fails_in_mmengine_as_the_faq_says(tmp_path):
     path = write_config(str(tmp_path), 'mine.py', f'_base_ = {SSIM!r}\n')
     proc = subprocess.run([sys.executable, '-c', 'import sys; from mmengine.config import '
                            'Config; Config.fromfile(sys.argv[1])', path],
                           cwd=str(tmp_path), capture_output=True, text=True)
     assert proc.returncode != 0
     assert f'AssertionError: {NOT_IMPORTED}' in proc.stderr
-    with open(osp.join(REPO, 'README.md')) as f:
+    with open(osp.join(REPO, 'docs', 'faq.md')) as f:
         assert NOT_IMPORTED in f.read()

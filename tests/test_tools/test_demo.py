@@ -8,9 +8,10 @@ import importlib.util
 import matplotlib.image as mpimg
 import pytest
 
+from kd_det.demo import report
 from testing_utils import REPO, run_tool
 
-METHODS = ['baseline', 'ssim', 'rcka', 'rrd', 'unikd']  # the default: baseline + seed methods
+METHODS = ['baseline', 'ssim', 'rcka']  # the default students
 
 
 def load_demo():
@@ -55,7 +56,37 @@ def test_method_variants_and_bad_methods():
     assert demo.method_config('rrd[a.b=0.1,c=none]') == ('rrd', ['a.b=0.1', 'c=none'])
     args = demo.parse_args(['--methods', 'kd[model.x=1]', '--work-dir', 'w'])
     assert args.methods == ['baseline', 'kd[model.x=1]']
+    assert demo.parse_args([]).methods == METHODS
+    # the named set 'seed' adds RRD and UniKD; sets and methods mix, without duplicates
+    assert demo.parse_args(['--methods', 'rcka', 'seed', 'kd']).methods == [
+        'baseline', 'rcka', 'ssim', 'rrd', 'unikd', 'kd']
     config = demo.method_argv('kd[model.x=1]')[0]
     assert config.endswith('kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py')
     with pytest.raises(SystemExit):
         demo.parse_args(['--methods', 'ssimm'])
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--jobs', '0'])
+
+
+@pytest.mark.parametrize('runs, cpus, jobs, expected', [
+    (3, 2, None, (3, 1)),    # the default demo on 2 cores: all 3 at once, 1 thread each
+    (5, 2, None, (3, 1)),    # the seed set: one run more than cores, the rest queue
+    (1, 2, None, (1, 2)),    # a lone run (the teacher) gets every core
+    (2, 8, None, (2, 4)),    # fewer runs than cores: the cores shared out
+    (3, 2, 2, (2, 1)),       # --jobs wins
+    (3, 1, 4, (4, 1)),       # never fewer than one thread
+])
+def test_plan_jobs(runs, cpus, jobs, expected):
+    assert load_demo().plan_jobs(runs, cpus, jobs) == expected
+
+
+def test_cpu_description_names_the_cpu():
+    text = report.cpu_description()
+    assert report.machine_description().startswith(text)
+    assert text and 'None' not in text
+    if osp.isfile('/proc/cpuinfo'):
+        cpuinfo = open('/proc/cpuinfo').read()
+        model = next((line.split(':', 1)[1].strip() for line in cpuinfo.splitlines()
+                      if line.startswith('model name')), None)
+        assert model is None or text.startswith(model)
+        assert ('AVX-512' in text) == ('avx512f' in cpuinfo.split())

@@ -287,7 +287,7 @@ def profile_step(work: Callable[[], None], device: str, rows: int) -> str:
 
 
 def format_report(result: dict) -> str:
-    """Plain-text medians, then the Markdown table row (with header) for the README."""
+    """Plain-text medians, then the Markdown table row (with header) for docs/benchmarks.md."""
     names = dict(student='(a) student train step', teacher='(b) teacher inference',
                  distill='(c) distill train step')
     lines = [f'{result["config"]}: {result["size"][0]}x{result["size"][1]}, batch '
