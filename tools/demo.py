@@ -58,6 +58,7 @@ METHOD_CONFIGS = {
     'unikd': 'unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'unikd-features': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'ssim-rcka': 'ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'pkd-rrd': 'pkd-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'kd': 'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
 }
 DATA = dict(full=dict(num_train=600, num_val=150, num_tune=150, image_size=(192, 192)),
@@ -69,8 +70,7 @@ SPLITS = ('val', 'tune')
 METHOD_SETS = {'default': ('baseline', 'ssim', 'rcka'),
                'seed': ('baseline', 'ssim', 'rcka', 'rrd', 'unikd')}
 # methods that distil neck features (the similarity figure shows the first one run)
-FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'rrd', 'rrd-kd', 'unikd',
-                   'unikd-features')
+FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'pkd-rrd')
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,5 +7,5 @@
 _base_ = '../_base_/faster-rcnn_r34h-to-r18t_fpn_shapes.py'
 model = dict(
     distill_losses=dict(
-        loss_unikd=dict(type='UniKDLoss', source='roi_embed', loss_weight=1.0,
+        loss_unikd=dict(type='UniKDLoss', source='roi_embed', loss_weight=4.0,
                         support_weight=1.0)))

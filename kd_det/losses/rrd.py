@@ -151,16 +151,11 @@ class RRDLoss(nn.Module):
     never written are left out of the softmax (the official code starts from
     random entries).
 
-    Exclusion (``exclude``, our adaptation to detection): in the official code
-    each embedding's own entry is in the memory it relates to; with the
-    official ``teacher_tau`` of 0.02 the teacher target then puts 0.99 of its
-    weight on that entry on the demo's boxes: the loss becomes instance
-    discrimination, against RRD's stated intent of matching similarities.
-
-    - ``'image'`` (default): each embedding relates only to entries of *other*
-      images (metainfo ``img_id``, also for entries of earlier steps).
-    - ``'self'``: only the embedding's own entry of this step is left out.
-    - ``'none'``: the official behaviour.
+    Exclusion (``exclude``): ``'image'`` (default, ours) relates each embedding only
+    to entries of *other* images (metainfo ``img_id``, earlier steps included);
+    ``'self'`` leaves out only its own entry of this step; ``'none'`` is the
+    official code, whose target is then nearly one-hot on the embedding's own
+    entry (configs/rrd/README.md).
 
     Rows with no entry to relate to add nothing; a step where no row has one
     gives 0, still in the graph. ``divergence``: ``'kl'`` (default) logs
