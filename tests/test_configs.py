@@ -104,6 +104,16 @@ def test_model_zoo_metafiles_are_readable():
     assert 'faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py' in weights
 
 
+def cpu_linspace(*args, **kwargs):
+    """``torch.linspace`` on the CPU: Swin reads its drop-path rates with ``.item()`` while
+    it is built, which a meta tensor cannot answer."""
+    kwargs.setdefault('device', 'cpu')
+    return LINSPACE(*args, **kwargs)
+
+
+LINSPACE = torch.linspace
+
+
 def build_on_meta(model_cfg):
     """``MODELS.build(model_cfg)`` on the meta device; a distiller's teacher checkpoint is
     read as the meta-device state dict of its teacher config's model (no file, no download).
@@ -111,8 +121,8 @@ def build_on_meta(model_cfg):
     def teacher_state(filename, what='checkpoint'):
         assert filename == model_cfg.teacher_ckpt, filename
         return MODELS.build(load_config(model_cfg.teacher_config).model).state_dict()
-    with torch.device('meta'), mock.patch('kd_det.models.teacher.read_state_dict',
-                                          teacher_state):
+    with torch.device('meta'), mock.patch.object(torch, 'linspace', cpu_linspace), \
+            mock.patch('kd_det.models.teacher.read_state_dict', teacher_state):
         return MODELS.build(model_cfg)
 
 
