@@ -8,6 +8,7 @@ gigabytes and minutes, and these tests are about wiring. The teacher "checkpoint
 meta-device state dict of the teacher config's model, handed to kd_det's loading in place of
 a download, so keys and shapes are still checked as for a real file.
 """
+import copy
 import functools
 import glob
 import os.path as osp
@@ -69,6 +70,16 @@ def model_zoo_weights() -> dict:
                 urls = [url] if isinstance(url, str) else url  # a few list several
                 weights.setdefault(key, set()).update(urls)
     return weights
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path: str) -> Config:
+    return Config.fromfile(path)
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``, parsed once per module (each test gets its own copy)."""
+    return copy.deepcopy(_parsed(path))
 
 
 def level_strides(model_cfg):
@@ -143,7 +154,7 @@ def test_meta_build_checks_the_teacher_checkpoint_against_its_config():
 def test_config_levels_have_teacher_partners(path):
     """Every level a feature/dense loss lists (student levels) has a teacher level of the
     same stride, read off the two model configs (independently of the distiller)."""
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     model_cfg = cfg.model
     if model_cfg.type != 'FeatureDistillDetector':
         pytest.skip('not a distillation config')
@@ -168,7 +179,7 @@ def test_config_levels_have_teacher_partners(path):
 
 @pytest.mark.parametrize('path', RUNNABLE, ids=lambda p: osp.relpath(p, REPO))
 def test_config_loads_and_builds(path):
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     assert cfg.custom_imports == dict(imports=['kd_det'], allow_failed_imports=False)
     model_cfg = cfg.model
     if model_cfg.type == 'FeatureDistillDetector':

@@ -55,6 +55,7 @@ def test_install_is_idempotent():
     assert all(check() for check in DOCUMENTED.values())
 
 
+@pytest.mark.slow
 def test_a_plain_mmengine_import_changes_nothing():
     """Without kd_det, mmengine keeps its own loaders (the changes come from the import)."""
     code = ('import mmengine.runner.checkpoint as c; '

@@ -5,6 +5,7 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
 from matplotlib.image import imread
 
 from testing_utils import REPO, run_tool
@@ -25,6 +26,7 @@ def write_run(work_dir: str, loss_keys: list) -> None:
                 f.write(json.dumps({'coco/bbox_mAP': 0.1 * it, 'step': it // 2}) + '\n')
 
 
+@pytest.mark.slow
 def test_plot_curves_overlays_two_runs(tmp_path):
     write_run(str(tmp_path / 'baseline'), ['loss', 'loss_cls'])
     write_run(str(tmp_path / 'ssim'), ['loss', 'loss_cls', 'loss_ssim'])
@@ -36,6 +38,7 @@ def test_plot_curves_overlays_two_runs(tmp_path):
     assert imread(out).shape[:2] == (640, 1260)
 
 
+@pytest.mark.slow
 def test_plot_curves_names_a_missing_work_dir(tmp_path):
     missing = str(tmp_path / 'no_such_run')
     proc = subprocess.run([sys.executable, TOOL, missing, '--out', str(tmp_path / 'x.png')],
