@@ -15,18 +15,23 @@ module
   ``weights_only=False``) and turns torch's errors into messages that name
   the file and what is wrong with it.
 
-Importing :mod:`kd_det` applies both.
+Importing :mod:`kd_det` applies both (:func:`install_safe_loading`, called by
+``kd_det.integration.install``). :func:`read_state_dict` and
+:func:`load_fitting_weights` are kd_det's one way to load weights into a model.
 """
+import logging
 import os
 import os.path as osp
 import pickle
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from mmengine.dist import get_dist_info
+from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import checkpoint as mme_checkpoint
+from torch import nn
 from torch.hub import download_url_to_file, get_dir
 
 
@@ -129,7 +134,9 @@ def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
     return safe_load(filename, map_location)
 
 
-def _install() -> None:
+def install_safe_loading() -> None:
+    """Allow-list mmengine's types and route every mmengine checkpoint scheme
+    through :func:`safe_load`; called once by ``kd_det.integration.install``."""
     register_safe_globals()
     mme_checkpoint.CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local, force=True)
@@ -138,4 +145,70 @@ def _install() -> None:
     mme_checkpoint.load_url = safe_load_url
 
 
-_install()
+def read_state_dict(filename: str, what: str = 'checkpoint') -> Dict[str, Any]:
+    """The ``state_dict`` of checkpoint ``filename`` (local path or URL), DDP's ``module.`` stripped.
+
+    Read by mmengine's ``CheckpointLoader`` (safe for every scheme once kd_det is imported);
+    a file that is itself a dict of weights is taken as the state dict.
+
+    Raises:
+        FileNotFoundError / CheckpointError: missing, unreadable, unsafe, or not a dict.
+    """
+    checkpoint = mme_checkpoint.CheckpointLoader.load_checkpoint(filename, map_location='cpu')
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'{what} {filename!r} holds a {type(checkpoint).__name__}, '
+                              'expected a dict of weights')
+    state = checkpoint.get('state_dict', checkpoint)
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+
+
+def load_fitting_weights(module: nn.Module, state: Dict[str, Any], source: str, target: str,
+                         strict: bool = True, prefixes: Optional[Tuple[str, ...]] = None,
+                         strict_option: Optional[str] = None) -> None:
+    """Load ``state`` into ``module``, refusing keys or shapes that do not fit.
+
+    Args:
+        module: the model to load into.
+        state: the weights, e.g. from :func:`read_state_dict`.
+        source, target: how the error names the weights and the model
+            (``"teacher_ckpt 'x.pth'"``, ``'teacher_config'``).
+        strict: raise on any missing, unexpected or mis-shaped key; ``False``
+            warns and loads the keys that fit.
+        prefixes: compare and load only the keys (of both) starting with these.
+        strict_option: the user's option that sets ``strict`` (e.g.
+            ``'teacher_strict'``), named in the error and the warning.
+
+    Raises:
+        CheckpointError: with ``strict``, a key or shape does not fit; the message
+            counts and names (up to 5 of) each kind.
+    """
+    own = module.state_dict()
+    if prefixes is not None:
+        own = {k: v for k, v in own.items() if k.startswith(prefixes)}
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    mismatched_keys = [k for k in sorted(own.keys() & state.keys())
+                       if getattr(state[k], 'shape', None) != own[k].shape]
+    mismatched = [f'{k}: checkpoint {tuple(getattr(state[k], "shape", ()))} vs model '
+                  f'{tuple(own[k].shape)}' for k in mismatched_keys]
+    if missing or unexpected or mismatched:
+        hint = ''
+        if any(k.startswith('student.') for k in unexpected):
+            hint = (' It looks like a kd_det distillation checkpoint: export its '
+                    'student first with tools/export_student.py.')
+        message = (f'{source} does not fit {target}: {len(missing)} missing keys '
+                   f'{_head(missing)}, {len(unexpected)} unexpected keys {_head(unexpected)}, '
+                   f'{len(mismatched)} shape mismatches {_head(mismatched)}.{hint}')
+        if strict:
+            advice = f' ({strict_option}=False loads what fits.)' if strict_option else ''
+            raise CheckpointError(message + advice)
+        print_log(f'{message} Loading the keys that fit ({strict_option or "strict"}=False).',
+                  logger='current', level=logging.WARNING)
+    module.load_state_dict(
+        {k: v for k, v in state.items() if k in own and k not in mismatched_keys},
+        strict=False)
+
+
+def _head(items: List[str], n: int = 5) -> str:
+    return str(items[:n])[:-1] + (', ...]' if len(items) > n else ']')

@@ -6,15 +6,12 @@ The output loads into the student's own mmdet config, e.g. with
 ``python -m kd_det.test STUDENT_CONFIG student.pth``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
-import tempfile
 from typing import Dict, List, Optional
 
-import torch
-
 from .checkpoint import CheckpointError, safe_load
+from .fileio import atomic_torch_save
 
 STUDENT_PREFIX = 'student.'
 
@@ -25,7 +22,7 @@ def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int
     The result has mmdet's layout (``state_dict`` without the ``student.``
     prefix, ``meta`` kept, so ``dataset_meta`` still names the classes) and no
     optimizer, connector or loss-head state. The write is atomic (a temporary
-    file renamed into place).
+    file renamed into place) and the file gets the permissions the umask gives.
 
     Returns:
         counts of the student tensors kept and of the other tensors dropped.
@@ -49,7 +46,7 @@ def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int
             f'checkpoint (its keys start with {sorted({k.split(".")[0] for k in state})[:5]})')
     meta = dict(checkpoint.get('meta', {}))
     meta['kd_det_exported_from'] = osp.abspath(src)
-    _atomic_save({'state_dict': student, 'meta': meta}, dst)
+    atomic_torch_save({'state_dict': student, 'meta': meta}, dst)
     return {'kept': len(student), 'dropped': len(state) - len(student)}
 
 
@@ -69,22 +66,8 @@ def publish_checkpoint(src: str, dst: str, half: bool = False,
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = {'dataset_meta': checkpoint.get('meta', {}).get('dataset_meta'),
             'published_from': osp.basename(src), 'float16': half}
-    _atomic_save({'state_dict': state, 'meta': meta}, dst)
+    atomic_torch_save({'state_dict': state, 'meta': meta}, dst)
     return {'tensors': len(state), 'bytes': osp.getsize(dst)}
-
-
-def _atomic_save(obj: dict, dst: str) -> None:
-    """``torch.save`` to a temporary file beside ``dst``, then rename it into place."""
-    out_dir = osp.dirname(osp.abspath(dst))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -12,22 +12,17 @@ which may inherit kd_det's configs by package (``_base_ = 'kd_det::...'``), or
 import argparse
 import os.path as osp
 
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
 from kd_det.configs import read_config
-from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
-                                     parse_command_line)
+from kd_det.engine.launcher import (apply_command_line, build_runner, parse_command_line,
+                                     tool_parser)
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Test (and eval) a model (kd_det)')
-    parser.add_argument('config', help='test config file path')
+    parser = tool_parser('Test (and eval) a model (kd_det)', 'test config file path',
+                         'the dir to save the evaluation metrics')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='dump predictions to a pickle file (.pkl)')
     parser.add_argument('--show-dir', help='save painted predictions under work_dir/timestamp/DIR')
-    add_common_arguments(parser)
     return parse_command_line(parser)
 
 
@@ -50,8 +45,7 @@ def main() -> None:
         cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
             else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    build_runner(cfg).test()
 
 
 if __name__ == '__main__':

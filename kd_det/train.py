@@ -12,19 +12,16 @@ run this same ``main``.
 import argparse
 
 from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 from kd_det.configs import read_config
-from kd_det.engine.launcher import (add_common_arguments, apply_command_line,
-                                     parse_command_line)
+from kd_det.engine.launcher import (apply_command_line, build_runner, parse_command_line,
+                                     tool_parser)
 from kd_det.engine.resume import find_resumable_checkpoint
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a detector (kd_det)')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser = tool_parser('Train a detector (kd_det)', 'train config file path',
+                         'the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
@@ -32,7 +29,6 @@ def parse_args() -> argparse.Namespace:
                         help='resume from CKPT, or, without a path, from the newest '
                         'checkpoint in the work dir that loads (a truncated one is skipped '
                         'with a warning)')
-    add_common_arguments(parser)
     return parse_command_line(parser)
 
 
@@ -62,8 +58,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def main() -> None:
     """Parse the command line, build the Runner and train."""
     cfg = build_config(parse_args())
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -2,13 +2,17 @@
 
 COCO configs are checked against mmdet's own model-zoo metafiles (an independent record of
 which checkpoint belongs to which config) and their distillation levels against the level
-strides read off the student and teacher configs. Builds use random local teacher
-checkpoints (no download), one per teacher config, shared by the whole module.
+strides read off the student and teacher configs. Models are built on torch's meta device
+(shapes, no memory, no initialisation): the full-size X-101 and Swin teachers would take
+gigabytes and minutes, and these tests are about wiring. The teacher "checkpoint" is the
+meta-device state dict of the teacher config's model, handed to kd_det's loading in place of
+a download, so keys and shapes are still checked as for a real file.
 """
+import copy
 import functools
 import glob
 import os.path as osp
-import shutil
+from unittest import mock
 
 import mmdet
 import pytest
@@ -18,6 +22,7 @@ from mmengine.config import Config
 from mmdet.registry import MODELS
 
 from testing_utils import REPO
+from kd_det.checkpoint import CheckpointError
 from kd_det.models import load_config
 
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True))
@@ -67,6 +72,16 @@ def model_zoo_weights() -> dict:
     return weights
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path: str) -> Config:
+    return Config.fromfile(path)
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``, parsed once per module (each test gets its own copy)."""
+    return copy.deepcopy(_parsed(path))
+
+
 def level_strides(model_cfg):
     """Strides of a detector's neck levels, from its RPN/dense head's anchor generator."""
     for head in ('rpn_head', 'bbox_head'):
@@ -100,35 +115,46 @@ def test_model_zoo_metafiles_are_readable():
     assert 'faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py' in weights
 
 
-@pytest.fixture(scope='module')
-def teacher_checkpoints(tmp_path_factory):
-    """One randomly initialised checkpoint per teacher config (no download in tests).
+def cpu_linspace(*args, **kwargs):
+    """``torch.linspace`` on the CPU: Swin reads its drop-path rates with ``.item()`` while
+    it is built, which a meta tensor cannot answer."""
+    kwargs.setdefault('device', 'cpu')
+    return LINSPACE(*args, **kwargs)
 
-    Built once per teacher config for the whole module and deleted at its end (the
-    Cascade X-101 teachers alone are ~0.5 GB each in float32; stored in float16, which
-    loads into the float32 teacher all the same).
+
+LINSPACE = torch.linspace
+
+
+def build_on_meta(model_cfg):
+    """``MODELS.build(model_cfg)`` on the meta device; a distiller's teacher checkpoint is
+    read as the meta-device state dict of its teacher config's model (no file, no download).
     """
-    cache = {}
-    directory = tmp_path_factory.mktemp('teachers')
+    def teacher_state(filename, what='checkpoint'):
+        assert filename == model_cfg.teacher_ckpt, filename
+        return MODELS.build(load_config(model_cfg.teacher_config).model).state_dict()
+    with torch.device('meta'), mock.patch.object(torch, 'linspace', cpu_linspace), \
+            mock.patch('kd_det.models.teacher.read_state_dict', teacher_state):
+        return MODELS.build(model_cfg)
 
-    def get(teacher_config: str) -> str:
-        if teacher_config not in cache:
-            model = MODELS.build(load_config(teacher_config).model)
-            state = {k: v.half() if v.is_floating_point() else v
-                     for k, v in model.state_dict().items()}
-            path = str(directory / f'{len(cache)}.pth')
-            torch.save({'state_dict': state}, path)
-            cache[teacher_config] = path
-        return cache[teacher_config]
-    yield get
-    shutil.rmtree(directory, ignore_errors=True)
+
+def test_meta_build_checks_the_teacher_checkpoint_against_its_config():
+    """The stand-in checkpoint still goes through kd_det's key and shape checks."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'demo',
+                                   'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py')).model
+    with mock.patch('kd_det.models.teacher.read_state_dict',
+                    lambda *args: {'backbone.conv1.weight': torch.zeros(1, device='meta')}):
+        with torch.device('meta'), pytest.raises(CheckpointError, match='does not fit'):
+            MODELS.build(cfg)
+    model = build_on_meta(cfg)
+    assert all(p.is_meta for p in model.parameters())
+    assert all(p.is_meta for p in model.teacher.parameters())
 
 
 @pytest.mark.parametrize('path', RUNNABLE, ids=lambda p: osp.relpath(p, REPO))
 def test_config_levels_have_teacher_partners(path):
     """Every level a feature/dense loss lists (student levels) has a teacher level of the
     same stride, read off the two model configs (independently of the distiller)."""
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     model_cfg = cfg.model
     if model_cfg.type != 'FeatureDistillDetector':
         pytest.skip('not a distillation config')
@@ -152,8 +178,8 @@ def test_config_levels_have_teacher_partners(path):
 
 
 @pytest.mark.parametrize('path', RUNNABLE, ids=lambda p: osp.relpath(p, REPO))
-def test_config_loads_and_builds(path, teacher_checkpoints):
-    cfg = Config.fromfile(path)
+def test_config_loads_and_builds(path):
+    cfg = read_config(path)
     assert cfg.custom_imports == dict(imports=['kd_det'], allow_failed_imports=False)
     model_cfg = cfg.model
     if model_cfg.type == 'FeatureDistillDetector':
@@ -166,11 +192,10 @@ def test_config_loads_and_builds(path, teacher_checkpoints):
             listed = model_zoo_weights().get(key, set())
             assert url in listed, (
                 f'{url} is not a checkpoint mmdet\'s metafile lists for {key}: {listed}')
-        model_cfg.teacher_ckpt = teacher_checkpoints(model_cfg.teacher_config)
         assert cfg.custom_hooks
         for hook in cfg.custom_hooks:
             assert hook.type == 'TeacherCheckHook'
-    model = MODELS.build(model_cfg)
+    model = build_on_meta(model_cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
     if model_cfg.type == 'FeatureDistillDetector':
         assert set(model.distill_losses) == set(model_cfg.distill_losses)

@@ -1,23 +1,73 @@
-"""Shared test helpers: tiny detectors on the real COCO images of ../shared/data/coco128."""
+"""Shared test helpers: tiny detectors on coco128, or a generated stand-in without it.
+
+The data: the real COCO images of ``../shared/data/coco128`` (beside the repository; the
+environment variable ``KD_DET_TEST_DATA`` names another folder holding ``coco128/``). A
+clone without it gets a coco128-shaped stand-in made by kd_det's synthetic-shapes generator
+(see :func:`make_coco128_standin`), generated once per test session by the ``coco128``
+fixture of conftest.py, so the same tests run from the repository alone.
+"""
+import json
 import multiprocessing
 import os
 import os.path as osp
+import shutil
 import socket
 import subprocess
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import pytest
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-COCO128 = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'coco128'))
+DATA_ROOT = os.environ.get('KD_DET_TEST_DATA') or osp.join(REPO, '..', 'shared', 'data')
+SHARED_COCO128 = osp.normpath(osp.join(DATA_ROOT, 'coco128'))
+COCO128_ANN = osp.join('annotations', 'instances_train2017.json')
 DEMO_STUDENT = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
 DEMO_TEACHER = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r34-half_fpn_shapes.py')
 DEMO_PAIR = osp.join(REPO, 'configs', '_base_', 'faster-rcnn_r34h-to-r18t_fpn_shapes.py')
 
-needs_coco128 = pytest.mark.skipif(
-    not osp.isfile(osp.join(COCO128, 'annotations', 'instances_train2017.json')),
-    reason=f'coco128 not found at {COCO128} (the shared test data lives beside the repo)')
+#: Tests that train on coco128 (or its stand-in): they get the ``coco128`` session fixture.
+needs_coco128 = pytest.mark.usefixtures('coco128')
+_coco128_root: Optional[str] = None
+
+
+def has_coco128(root: str = SHARED_COCO128) -> bool:
+    return osp.isfile(osp.join(root, COCO128_ANN))
+
+
+def make_coco128_standin(out_dir: str, num_images: int = 128, size: int = 128) -> str:
+    """A coco128-shaped dataset at ``out_dir``: ``train2017/`` and ``annotations/
+    instances_train2017.json`` naming COCO's 80 classes, from kd_det's synthetic shapes
+    (seed 0, ``size`` x ``size`` PNGs); the 7 shapes are the first 7 COCO classes."""
+    from mmdet.datasets import CocoDataset
+
+    from kd_det.demo.synthetic_coco import generate_dataset
+    shapes = generate_dataset(osp.join(out_dir, 'shapes'), num_train=num_images, num_val=1,
+                              num_tune=1, image_size=(size, size), seed=0)
+    with open(shapes['train_ann_file']) as f:
+        coco = json.load(f)
+    coco['categories'] = [dict(id=i + 1, name=name, supercategory='coco')
+                          for i, name in enumerate(CocoDataset.METAINFO['classes'])]
+    os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
+    with open(osp.join(out_dir, COCO128_ANN), 'w') as f:
+        json.dump(coco, f)
+    os.replace(shapes['train_img_dir'], osp.join(out_dir, 'train2017'))
+    shutil.rmtree(shapes['root'])
+    return out_dir
+
+
+def use_coco128(root: str) -> None:
+    """Make :func:`coco128_root` return ``root`` (the ``coco128`` fixture calls this)."""
+    global _coco128_root
+    _coco128_root = root
+
+
+def coco128_root() -> str:
+    """The coco128 folder of this session: the shared one or the generated stand-in."""
+    if _coco128_root is None:
+        raise RuntimeError('coco128_root() needs the coco128 fixture: mark the test '
+                           '@needs_coco128 (or request the fixture)')
+    return _coco128_root
 
 # The demo's tiny Faster R-CNN recipe, retargeted to coco128's 80 classes at 128 px:
 # 8 training images (2 iterations of 4 per epoch) and 8 held-out validation images.
@@ -70,10 +120,11 @@ def write_config(directory: str, name: str, text: str) -> str:
 
 def coco128_config(directory: str, name: str, base: str, epochs: int = 1,
                    extra: str = '', distill: bool = False) -> str:
-    """A config inheriting ``base`` (a demo config), trained on 8 coco128 images."""
+    """A config inheriting ``base`` (a demo config), trained on 8 coco128 images (needs the
+    ``coco128`` fixture)."""
     head = (TINY_HEAD.format(prefix='student=dict(', suffix=')') if distill
             else TINY_HEAD.format(prefix='', suffix=''))
-    text = (f'_base_ = {base!r}\n' + COCO128_DATA.format(coco128=COCO128, epochs=epochs)
+    text = (f'_base_ = {base!r}\n' + COCO128_DATA.format(coco128=coco128_root(), epochs=epochs)
             + head + extra)
     return write_config(directory, name, text)
 

@@ -29,7 +29,7 @@ from mmengine.registry import init_default_scope
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, safe_load
+from ..checkpoint import CheckpointError, load_fitting_weights, read_state_dict
 from ..losses.ssim import SSIMLoss, minmax_normalize
 from ..losses.ssim import ssim_map as channel_ssim_map
 
@@ -200,21 +200,12 @@ def load_distill_checkpoint(model: nn.Module, filename: str) -> None:
         FileNotFoundError: no such file.
         CheckpointError: unreadable, no student weights, or keys/shapes that do not fit.
     """
-    checkpoint = safe_load(filename, map_location='cpu')
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    state = {k: v for k, v in state.items() if k.startswith(STUDENT_PREFIXES)}
+    state = read_state_dict(filename)
     if not any(k.startswith('student.') for k in state):
         raise CheckpointError(f'{filename!r} has no student.* weights: not a kd_det '
                               'distillation checkpoint (from tools/train.py)')
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(STUDENT_PREFIXES)}
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    mismatched = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f'{filename!r} does not fit the config\'s student/connectors: missing '
-            f'{missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}')
-    model.load_state_dict(state, strict=False)
+    load_fitting_weights(model, state, repr(filename), "the config's student/connectors",
+                         prefixes=STUDENT_PREFIXES)
 
 
 @torch.no_grad()

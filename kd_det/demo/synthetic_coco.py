@@ -50,6 +50,8 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..fileio import current_umask
+
 CLASSES = ('circle', 'ring', 'square', 'triangle', 'hexagon', 'star', 'cross')
 FORMAT_VERSION = 1
 META_FILE = 'synthetic_meta.json'
@@ -494,7 +496,7 @@ def generate_dataset(
     parent, name = osp.split(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{name}.partial-', dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private
     try:
         os.makedirs(osp.join(tmp, 'annotations'))
         splits = {}

@@ -1,4 +1,5 @@
-"""What tools/train.py and tools/test.py do to a config before building the Runner."""
+"""What tools/train.py and tools/test.py share: their common arguments, what they do to
+a config before building the Runner, and how they build it."""
 import argparse
 import datetime
 import os
@@ -7,15 +8,24 @@ import os.path as osp
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags tools/train.py and tools/test.py share with mmdet's tools."""
+def tool_parser(description: str, config_help: str, work_dir_help: str
+                ) -> argparse.ArgumentParser:
+    """A parser with the arguments tools/train.py and tools/test.py share with
+    mmdet's tools: ``config``, ``--work-dir``, ``--cfg-options``, ``--launcher``
+    and ``--local_rank``. Positional arguments added later follow ``config``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('config', help=config_help)
+    parser.add_argument('--work-dir', help=work_dir_help)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (xxx=yyy format)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
 
 
 def parse_command_line(parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -23,6 +33,11 @@ def parse_command_line(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The config's Runner (``runner_type`` when the config names one), as mmdet's tools build it."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def apply_command_line(cfg: Config, args: argparse.Namespace) -> Config:

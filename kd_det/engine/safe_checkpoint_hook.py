@@ -6,79 +6,33 @@ one: a kill, a full disk or a node failure during the save leaves a truncated
 file and, with ``max_keep_ckpts=1``, no complete checkpoint at all.
 :class:`SafeCheckpointHook` writes every checkpoint atomically (a temporary file
 in the same folder, flushed and fsync'ed, then renamed into place), and only
-then points ``last_checkpoint`` at it and removes expired checkpoints.
+then points ``last_checkpoint`` at it and removes expired checkpoints. Files get
+the permissions the user's umask gives, as mmengine's own saves do.
 """
-import contextlib
 import glob
 import os
 import os.path as osp
-import shutil
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 from mmdet.registry import HOOKS
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend, register_backend
+from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
-from mmengine.utils import mkdir_or_exist
 
-#: Suffix of the temporary file a checkpoint is written to before it is renamed.
-TMP_SUFFIX = '.kd_det.tmp'
+from ..fileio import TMP_SUFFIX, atomic_write
 
+__all__ = ['AtomicLocalBackend', 'SafeCheckpointHook', 'TMP_SUFFIX', 'atomic_write']
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX; Windows cannot open folders)."""
-    if os.name != 'posix':
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+#: The name kd_det registers :class:`AtomicLocalBackend` under in mmengine's file backends.
+BACKEND_NAME = 'atomic_local'
 
 
-def _free_space(directory: str) -> str:
-    try:
-        return f'{shutil.disk_usage(directory).free / 2**20:.1f} MiB free'
-    except OSError as err:
-        return f'free space unknown ({err})'
-
-
-def atomic_write(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either untouched or complete.
-
-    Writes ``path + TMP_SUFFIX``, flushes and fsyncs it, renames it over ``path``
-    (``os.replace``) and fsyncs the folder. On an error before the rename the
-    temporary file is removed and ``path`` is left as it was.
-
-    Raises:
-        OSError: the write failed (e.g. a full disk); the message names ``path``,
-            the size to write and the free space on its disk.
-    """
-    path = str(path)
-    directory = osp.dirname(osp.abspath(path))
-    tmp = path + TMP_SUFFIX
-    try:
-        mkdir_or_exist(directory)
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if not isinstance(err, OSError):
-            raise
-        message = (f'Could not save {path!r} ({len(data) / 2**20:.1f} MiB, '
-                   f'{_free_space(directory)} on {directory!r}): {err.strerror or err}')
-        raise (OSError(err.errno, message) if err.errno else OSError(message)) from err
-
-
-@register_backend('atomic_local')
 class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend whose ``put`` is :func:`atomic_write`."""
+    """mmengine's local file backend whose ``put`` is :func:`~kd_det.fileio.atomic_write`.
+
+    Importing kd_det registers it as ``'atomic_local'`` (see ``kd_det/integration.py``).
+    """
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         atomic_write(filepath, obj)
@@ -108,7 +62,7 @@ class SafeCheckpointHook(CheckpointHook):
         super().before_train(runner)
         if self.file_client_args is not None or not isinstance(self.file_backend, LocalBackend):
             return
-        self.backend_args = dict(backend='atomic_local')
+        self.backend_args = dict(backend=BACKEND_NAME)
         self.file_backend = AtomicLocalBackend()
         if not is_main_process():
             return

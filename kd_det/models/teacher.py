@@ -1,16 +1,14 @@
 """The frozen teacher: built from its config, loaded strictly, fed its own normalisation."""
 import copy
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config, ConfigDict
 from mmengine.hub import get_config
-from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import load_fitting_weights, read_state_dict
 
 
 def load_config(path: str) -> Config:
@@ -54,39 +52,9 @@ def load_teacher_checkpoint(teacher: nn.Module, filename: str, strict: bool = Tr
     if not filename:
         raise ValueError('teacher_ckpt is required: a distillation run with an '
                          'untrained teacher only teaches noise')
-    checkpoint = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'teacher_ckpt {filename!r} holds a {type(checkpoint).__name__}, '
-                              'expected a dict of weights')
-    state = checkpoint.get('state_dict', checkpoint)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    own = teacher.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    mismatched_keys = [k for k in sorted(own.keys() & state.keys())
-                       if getattr(state[k], 'shape', None) != own[k].shape]
-    mismatched = [f'{k}: checkpoint {tuple(getattr(state[k], "shape", ()))} vs model '
-                  f'{tuple(own[k].shape)}' for k in mismatched_keys]
-    if missing or unexpected or mismatched:
-        hint = ''
-        if any(k.startswith('student.') for k in unexpected):
-            hint = (' It looks like a kd_det distillation checkpoint: export its '
-                    'student first with tools/export_student.py.')
-        message = (f'teacher_ckpt {filename!r} does not fit teacher_config: '
-                   f'{len(missing)} missing keys {_head(missing)}, {len(unexpected)} '
-                   f'unexpected keys {_head(unexpected)}, {len(mismatched)} shape '
-                   f'mismatches {_head(mismatched)}.{hint}')
-        if strict:
-            raise CheckpointError(message + ' (teacher_strict=False loads what fits.)')
-        print_log(message + ' Loading the keys that fit (teacher_strict=False).',
-                  logger='current', level=30)
-    teacher.load_state_dict(
-        {k: v for k, v in state.items() if k in own and k not in mismatched_keys},
-        strict=False)
-
-
-def _head(items: List[str], n: int = 5) -> str:
-    return str(items[:n])[:-1] + (', ...]' if len(items) > n else ']')
+    load_fitting_weights(teacher, read_state_dict(filename, 'teacher_ckpt'),
+                         f'teacher_ckpt {filename!r}', 'teacher_config', strict=strict,
+                         strict_option='teacher_strict')
 
 
 def input_renormalisation(student_pre: Optional[dict], teacher_pre: Optional[dict]

@@ -2,6 +2,8 @@
 import importlib.util
 import os.path as osp
 
+import pytest
+
 from testing_utils import REPO
 
 TOOL = osp.join(REPO, 'tools', 'analysis', 'benchmark_distill.py')
@@ -15,6 +17,7 @@ def load_tool():
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_prints_and_returns_the_three_phases(capsys):
     tool = load_tool()
     result = tool.main([CONFIG, '--size', '64', '96', '--batch', '1', '--repeats', '2',

@@ -69,6 +69,7 @@ def test_table_has_a_row_per_loss_and_level_and_the_clip_line(model):
     assert 'exceeded in 2 of 2 batches' in table
 
 
+@pytest.mark.slow
 @needs_coco128
 def test_tool_runs_on_real_batches(tmp_path):
     teacher_cfg = coco128_config(str(tmp_path), 'teacher.py', DEMO_TEACHER)

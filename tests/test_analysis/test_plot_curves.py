@@ -38,6 +38,7 @@ def map_axis(tmp_path, eval_every: int):
     return fig, fig.axes[2]
 
 
+@pytest.mark.slow
 def test_plot_curves_overlays_two_runs(tmp_path):
     write_run(str(tmp_path / 'baseline'), ['loss', 'loss_cls'])
     write_run(str(tmp_path / 'ssim'), ['loss', 'loss_cls', 'loss_ssim'])
@@ -49,6 +50,7 @@ def test_plot_curves_overlays_two_runs(tmp_path):
     assert imread(out).shape[:2] == (640, 1260)
 
 
+@pytest.mark.slow
 def test_plot_curves_names_a_missing_work_dir(tmp_path):
     missing = str(tmp_path / 'no_such_run')
     proc = subprocess.run([sys.executable, TOOL, missing, '--out', str(tmp_path / 'x.png')],

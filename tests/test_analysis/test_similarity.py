@@ -164,6 +164,7 @@ def test_maps_are_cropped_to_the_resized_image(files, model):
 
 
 # ------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_tool_writes_a_png_per_image(files, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     out_dir = files['root'] / 'out'

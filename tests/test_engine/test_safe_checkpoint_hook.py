@@ -391,3 +391,23 @@ def test_resume_names_a_deleted_checkpoint_and_finds_none(tmp_path):
     assert found is None
     assert 'epoch_3.pth' in warnings[0] and 'epoch_2.pth' in warnings[1]
     assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+# ------------------------------------------------------------------- file permissions
+@pytest.mark.parametrize('umask, expected', [(0o022, 0o644), (0o077, 0o600)], ids=oct)
+def test_files_get_the_permissions_the_umask_gives(tmp_path, umask, expected):
+    """As with mmengine's CheckpointHook (the reference): the umask decides, not kd_det."""
+    modes = []
+    old = os.umask(umask)
+    try:
+        for hook_cls in HOOK_CLASSES:
+            work = tmp_path / hook_cls.__name__
+            work.mkdir()
+            runner = fake_runner(work, f'umask_{oct(umask)}_{hook_cls.__name__}')
+            hook = hook_cls(by_epoch=False, interval=1)
+            hook.before_train(runner)
+            train_iters(hook, runner, range(1))
+            modes.append({name: os.stat(work / name).st_mode & 0o777 for name in listing(work)})
+    finally:
+        os.umask(old)
+    assert modes[0] == modes[1] == {'iter_1.pth': expected, 'last_checkpoint': expected}

@@ -4,6 +4,7 @@ import os.path as osp
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
@@ -178,7 +179,12 @@ def test_channel_mismatch_needs_connectors(teacher_ckpt):
     model = MODELS.build(cfg)
     inputs, samples = batch()
     losses = model.loss(inputs, samples)
-    assert torch.isfinite(losses['loss_mse'])
+    with torch.no_grad():  # reference: the modules called directly, levels paired by stride
+        s_feats = model.student.extract_feat(inputs)
+        t_feats = model.teacher.extract_feat(model.teacher_inputs(inputs))
+        expected = sum(F.mse_loss(model.connectors[lvl](s), t)
+                       for lvl, (s, t) in enumerate(zip(s_feats, t_feats)))
+    torch.testing.assert_close(losses['loss_mse'].detach(), expected)
     losses['loss_mse'].backward()
     assert model.connectors[0].conv.weight.grad is not None
 
@@ -193,19 +199,21 @@ def test_spatial_mismatch_is_rejected_or_resized(teacher_ckpt):
         model.distill_loss(dict(neck=student), dict(neck=teacher), [])
     model.spatial_align = 'interpolate'
     losses = model.distill_loss(dict(neck=student), dict(neck=teacher), [])
-    assert torch.isfinite(losses['loss_mse'])
+    resized = F.interpolate(student[0], size=(16, 16), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(losses['loss_mse'], F.mse_loss(resized, teacher[0]))
 
 
 def test_nonfinite_loss_names_loss_and_level(teacher_ckpt):
     model = MODELS.build(model_cfg(teacher_ckpt))
     feats = [torch.randn(1, 64, 4, 4) for _ in range(5)]
-    teacher = [f.clone() for f in feats]
+    teacher = [f + 1 for f in feats]  # an MSE of 1 on each level
     teacher[3][0, 0, 0, 0] = float('nan')
     with pytest.raises(FloatingPointError, match=r'loss_mse \(level 3\)'):
         model.distill_loss(dict(neck=feats), dict(neck=teacher), [])
     model.nonfinite = 'skip'
     losses = model.distill_loss(dict(neck=feats), dict(neck=teacher), [])
-    assert torch.isfinite(losses['loss_mse'])
+    # level 3 dropped, the other four levels summed
+    torch.testing.assert_close(losses['loss_mse'], torch.tensor(4.0))
 
 
 def test_teacher_with_other_normalisation_gets_its_own_inputs(teacher_ckpt):

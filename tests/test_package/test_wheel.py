@@ -12,9 +12,9 @@ import zipfile
 
 import pytest
 
-from testing_utils import COCO128, COCO128_DATA, REPO, needs_coco128, save_random_teacher
+from testing_utils import COCO128_DATA, REPO, coco128_root, needs_coco128, save_random_teacher
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 # The user's config: a kd_det recipe with their own teacher (here: the demo's teacher,
 # randomly initialised) and the 80 COCO classes; COCO128_DATA points it at coco128.
@@ -101,7 +101,7 @@ def test_user_config_trains_and_exports_from_an_empty_folder(venv_python, tmp_pa
 
     save_random_teacher(osp.join(user, 'teacher.pth'))
     with open(osp.join(user, 'my_ssim.py'), 'w') as f:
-        f.write(USER_CONFIG + COCO128_DATA.format(coco128=COCO128, epochs=1))
+        f.write(USER_CONFIG + COCO128_DATA.format(coco128=coco128_root(), epochs=1))
     # 8 images, batch 4, one epoch: two iterations
     run([venv_python, '-m', 'kd_det.train', 'my_ssim.py', '--work-dir', 'work'], cwd=user)
     assert osp.isfile(osp.join(user, 'work', 'epoch_1.pth'))

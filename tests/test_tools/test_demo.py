@@ -21,6 +21,7 @@ def load_demo():
     return module
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     work = str(tmp_path / 'demo')
     out = run_tool('tools/demo.py', '--quick', '--work-dir', work, timeout=900).stdout

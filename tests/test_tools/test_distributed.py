@@ -46,7 +46,7 @@ from testing_utils import (DEMO_PAIR, REPO, coco128_config, needs_coco128,
                            save_random_teacher, snapshot_hook)
 from kd_det.analysis.curves import load_scalars
 
-pytestmark = needs_coco128
+pytestmark = [needs_coco128, pytest.mark.slow]
 
 # A hook that each process of a run imports (custom_imports): after every iteration it keeps
 # the process's own (unreduced) losses and image ids; after training it saves the process's

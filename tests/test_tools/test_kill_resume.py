@@ -43,6 +43,7 @@ from kd_det.checkpoint import CheckpointError, safe_load
 from kd_det.engine import find_resumable_checkpoint
 from kd_det.engine.safe_checkpoint_hook import TMP_SUFFIX
 
+pytestmark = pytest.mark.slow
 SLOW_SAVE = '''
 """With KD_TEST_SLOW_SAVE=NAME, a write to a file whose name starts with NAME writes half of
 its data, creates `saving` beside the file and waits to be killed."""

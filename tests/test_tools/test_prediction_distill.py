@@ -3,17 +3,18 @@ losses logged and finite, the pairing logged, exact resume, a student plain mmde
 import math
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
 
-from testing_utils import (COCO128, COCO128_DATA, DEMO_TEACHER, REPO, coco128_config,
+from testing_utils import (COCO128_DATA, DEMO_TEACHER, REPO, coco128_config, coco128_root,
                            needs_coco128, resumed_runner, run_tool, save_random_teacher,
                            write_config)
 from kd_det.analysis.curves import load_scalars
 from kd_det.export import export_student
 
-pytestmark = needs_coco128
+pytestmark = [needs_coco128, pytest.mark.slow]
 RETINA_STUDENT = osp.join(REPO, 'configs', 'demo', 'retinanet_r18-tiny_fpn_shapes.py')
 RETINA_TEACHER = osp.join(REPO, 'configs', 'demo', 'retinanet_r34-half_fpn_shapes.py')
 FASTER_STUDENT = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
@@ -26,7 +27,7 @@ def plain_config(directory, name, base):
     """A coco128 (80 classes, 8 images) version of a demo detector config."""
     if 'retinanet' in base:
         return write_config(directory, name, f'_base_ = {base!r}\n'
-                            + COCO128_DATA.format(coco128=COCO128, epochs=1) + RETINA_80)
+                            + COCO128_DATA.format(coco128=coco128_root(), epochs=1) + RETINA_80)
     return coco128_config(directory, name, base)
 
 
