@@ -15,7 +15,6 @@ against float32; (4) the table, also written with a JSON twin to the work dir. E
 ``tools/preflight.py`` and ``mim run kd_det preflight`` run this same ``main``.
 """
 import argparse
-import itertools
 import os
 import os.path as osp
 import shlex
@@ -25,12 +24,11 @@ from typing import List, Optional, Sequence
 import torch
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
-from mmengine.runner import Runner
 from mmengine.utils import import_modules_from_strings
 
 from kd_det.analysis.preflight import (build_distiller, check_amp, check_balance,
-                                       check_steps, check_teacher)
-from kd_det.analysis.steps import device_name
+                                       check_steps, check_teacher, guarded)
+from kd_det.analysis.steps import device_name, train_batches
 from kd_det.analysis.verdict import Line, exit_code, format_table, to_json
 from kd_det.configs import read_config
 
@@ -75,7 +73,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def load_config(args: argparse.Namespace):
+def preflight_config(args: argparse.Namespace):
     """The config with --cfg-options and --teacher-ckpt applied, its custom_imports done."""
     cfg = read_config(args.config)
     if args.cfg_options:
@@ -85,19 +83,10 @@ def load_config(args: argparse.Namespace):
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     if cfg.model.get('type') != 'FeatureDistillDetector':
-        raise SystemExit(f'{args.config}: model.type is {cfg.model.get("type")!r}; '
-                         'preflight checks FeatureDistillDetector configs')
+        print(f'{args.config}: model.type is {cfg.model.get("type")!r}; preflight checks '
+              'FeatureDistillDetector configs', file=sys.stderr)
+        raise SystemExit(2)
     return cfg
-
-
-def train_batches(cfg, model, iters: int, seed: int) -> list:
-    """The first ``iters`` batches of the config's train_dataloader, preprocessed."""
-    loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    batches = []
-    for data in itertools.islice(loader, iters):
-        data = model.data_preprocessor(data, True)
-        batches.append((data['inputs'], data['data_samples']))
-    return batches
 
 
 def run_checks(cfg, args: argparse.Namespace) -> List[Line]:
@@ -107,13 +96,16 @@ def run_checks(cfg, args: argparse.Namespace) -> List[Line]:
     if model is None:
         return lines
     model.to(args.device)
-    lines += check_teacher(model, cfg, args.val_images, args.expected_map)
+    lines += guarded('teacher mAP', lambda: check_teacher(model, cfg, args.val_images,
+                                                          args.expected_map))
     batches = train_batches(cfg, model, args.iters, args.seed)
     max_norm = (cfg.optim_wrapper.get('clip_grad') or {}).get('max_norm')
-    lines += check_balance(model, batches[:BALANCE_BATCHES], max_norm)
+    lines += guarded('balance', lambda: check_balance(model, batches[:BALANCE_BATCHES],
+                                                      max_norm))
     if args.amp:
-        lines += check_amp(model, batches[0], args.device)
-    lines += check_steps(cfg, model, batches, args.device, args.amp, args.clock)
+        lines += guarded('amp', lambda: check_amp(model, batches[0], args.device))
+    lines += guarded('steps', lambda: check_steps(cfg, model, batches, args.device, args.amp,
+                                                  args.clock))
     return lines
 
 
@@ -122,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     register_all_modules()
-    cfg = load_config(args)
+    cfg = preflight_config(args)
     work_dir = args.work_dir or osp.join(
         'work_dirs', 'preflight', osp.splitext(osp.basename(args.config))[0])
     lines = run_checks(cfg, args)

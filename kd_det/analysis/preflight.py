@@ -2,7 +2,7 @@
 balance at init, real training steps and AMP. Each check returns verdict lines;
 ``python -m kd_det.preflight`` (kd_det/preflight.py) runs them in order."""
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmdet.registry import MODELS
@@ -33,6 +33,19 @@ TEACHER_REASONS = {
     'normalisation': "wrong input normalisation: the teacher config's data_preprocessor "
                      '(mean/std, bgr_to_rgb) differs from the one it was trained with',
 }
+
+
+def guarded(check: str, run: Callable[[], List[Line]]) -> List[Line]:
+    """``run()``'s lines, or one FAIL line named ``check`` when it stops on a non-finite
+    loss (the distiller's ``nonfinite='error'``) or on CUDA running out of memory."""
+    try:
+        return run()
+    except FloatingPointError as err:
+        return [Line(check, 'FAIL', str(err), "lower this loss's weight or the learning "
+                     "rate; nonfinite='skip' only hides it")]
+    except torch.cuda.OutOfMemoryError as err:
+        return [Line(check, 'FAIL', 'out of memory: ' + str(err).splitlines()[0],
+                     'lower train_dataloader.batch_size, or train with --amp')]
 
 
 def build_distiller(cfg, seed: int = 0) -> Tuple[Optional[nn.Module], Line]:
@@ -181,12 +194,7 @@ def check_amp(model: nn.Module, batch: Batch, device: str,
               dtype: torch.dtype = torch.float16) -> List[Line]:
     """Per distillation loss: finite and float32 under autocast, and within
     ``AMP_TOLERANCE`` of its float32 value on the same batch."""
-    try:
-        values = amp_losses(model, batch, device, dtype)
-    except FloatingPointError as err:
-        return [Line('amp losses', 'FAIL', str(err), 'the loss overflows in '
-                     f'{str(dtype)[6:]}: compute it in float32 (autocast disabled) or train '
-                     'without --amp')]
+    values = amp_losses(model, batch, device, dtype)
     lines = []
     for name, v in values.items():
         diff = abs(v['amp'] - v['float32']) / max(abs(v['float32']), 1e-12)
@@ -220,24 +228,19 @@ def check_steps(cfg, model: nn.Module, batches: Sequence[Batch], device: str,
     per step (``clock``: 'wall', or 'cpu' for the process's CPU time; median after the
     first step), images/s, c / (a + b), peak memory per phase."""
     phases = PhaseSteps(cfg, model, device, amp, log_losses=True)
-    try:
-        times = phases.time(batches, warmup=1 if len(batches) > 1 else 0, clock=clock)
-        peak = phases.peak_mib(batches[0])
-    except FloatingPointError as err:
-        return [Line('steps', 'FAIL', str(err), 'lower this loss\'s weight or the learning '
-                     "rate; nonfinite='skip' only hides it")]
-    except torch.cuda.OutOfMemoryError as err:
-        return [Line('steps', 'FAIL', f'out of memory: {err}'.splitlines()[0],
-                     'lower train_dataloader.batch_size, or train with --amp')]
+    times = phases.time(batches, warmup=1 if len(batches) > 1 else 0, clock=clock)
+    peak = phases.peak_mib(batches[0])
     images = len(batches[0][1])
     median = {phase: statistics.median(values) for phase, values in times.items()}
     lines = []
     for phase in PHASES:
         text = (f'{len(batches)} iterations; {median[phase]:.3g} s/iter ({clock} time), '
                 f'{images / median[phase]:.3g} images/s, peak {peak[phase]:.0f} MiB')
+        # the logs also hold the peak-memory step (on the first batch again): checked too
+        logs = phases.logs.get(phase, [])
         data = dict(times=times[phase], median=median[phase], images_per_s=images /
-                    median[phase], peak_mib=peak[phase], losses=phases.logs.get(phase))
-        bad = [(i, k) for i, log in enumerate(phases.logs.get(phase, []))
+                    median[phase], peak_mib=peak[phase], losses=logs[:len(batches)])
+        bad = [(i, k) for i, log in enumerate(logs)
                for k, v in log.items() if not torch.isfinite(torch.tensor(v))]
         if bad:
             i, k = bad[0]

@@ -13,6 +13,7 @@ The three phases run on the same preprocessed batches:
 c cannot cost less than a + b, so c / (a + b) - 1 is the overhead distillation adds.
 """
 import copy
+import itertools
 import os.path as osp
 import platform
 import time
@@ -23,6 +24,7 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmengine.runner import Runner
 from torch import Tensor, nn
 
 from ..models.distill_sources import StudentTaps
@@ -33,6 +35,17 @@ MIB = 2**20
 
 Batch = Tuple[Tensor, List[DetDataSample]]  # inputs, samples
 Step = Callable[[Batch, int], None]
+
+
+def train_batches(cfg, model: nn.Module, num: int, seed: int = 0) -> List[Batch]:
+    """The first ``num`` batches of ``cfg.train_dataloader``, through ``model``'s data
+    preprocessor in training mode (onto the model's device)."""
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
+    batches = []
+    for data in itertools.islice(loader, num):
+        data = model.data_preprocessor(data, True)
+        batches.append((data['inputs'], data['data_samples']))
+    return batches
 
 
 def build_optim_wrapper_for(cfg, model: nn.Module, amp: bool,

@@ -115,6 +115,29 @@ def test_balance_suggests_the_weight_that_brings_the_share_to_one(demo_model):
     assert base[1].result.endswith('no clip_grad')
 
 
+def test_a_nonfinite_loss_is_a_fail_line_not_a_traceback(demo_model):
+    loss = demo_model.distill_losses['loss_mse']
+    loss.loss_weight = float('inf')
+    try:
+        lines = checks.guarded('balance', lambda: checks.check_balance(demo_model, [batch()],
+                                                                       None))
+    finally:
+        loss.loss_weight = 2.0
+    (line, ) = lines
+    assert line.check == 'balance' and line.status == 'FAIL'
+    assert 'non-finite distillation loss: loss_mse' in line.result
+    assert 'learning rate' in line.advice
+
+
+def test_a_config_without_a_distiller_exits_2(capsys):
+    student = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
+    with pytest.raises(SystemExit) as exit_info:
+        main([student, '--device', 'cpu'])
+    assert exit_info.value.code == 2
+    assert "model.type is 'FasterRCNN'; preflight checks FeatureDistillDetector" in \
+        capsys.readouterr().err
+
+
 class ConvDistiller(torch.nn.Module):
     """A conv student and a fixed teacher map, with the distiller's ``loss`` contract.
 
@@ -172,10 +195,10 @@ def data_options(root):
             'train_dataloader.batch_size=2', 'val_dataloader.batch_size=4']
 
 
-def preflight(tmp_path, root, *extra):
+def preflight(tmp_path, root, *extra, options=()):
     work = str(tmp_path / 'pf')
     code = main([SSIM, '--iters', '2', '--val-images', '8', '--device', 'cpu',
-                 '--work-dir', work, *extra, *data_options(root)])
+                 '--work-dir', work, *extra, *data_options(root), *options])
     with open(osp.join(work, 'preflight.json')) as f:
         report = json.load(f)
     assert osp.isfile(osp.join(work, 'preflight.md')) and report['exit_code'] == code
@@ -235,7 +258,7 @@ def test_shuffled_class_order_fails_naming_it(tmp_path, shapes):
 @needs_shipped
 def test_loss_weight_1000x_warns_with_the_weight_to_use(tmp_path, shapes):
     code, lines = preflight(tmp_path, shapes, '--teacher-ckpt', SHIPPED,
-                            'model.distill_losses.loss_ssim.loss_weight=4000')
+                            options=['model.distill_losses.loss_ssim.loss_weight=4000'])
     line = lines['balance loss_ssim']
     assert code == 0 and line['status'] == 'WARN'
     assert line['data']['share'] > checks.SHARE_RANGE[1]
