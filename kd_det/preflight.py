@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence
 import torch
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
+from mmengine.logging import MMLogger
 from mmengine.utils import import_modules_from_strings
 
 from kd_det.analysis.preflight import (build_distiller, check_amp, check_balance,
@@ -113,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the checks, print the table, write preflight.md/.json; return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    # mmengine's INFO lines (every parameter's init) would bury the table; warnings stay
+    MMLogger.get_instance('kd_det.preflight', log_level='WARNING')
     register_all_modules()
     cfg = preflight_config(args)
     work_dir = args.work_dir or osp.join(

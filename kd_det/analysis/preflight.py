@@ -55,13 +55,18 @@ def build_distiller(cfg, seed: int = 0) -> Tuple[Optional[nn.Module], Line]:
     torch.manual_seed(seed)
     try:
         model = MODELS.build(cfg.model)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, OSError, ValueError) as err:  # OSError: missing file, no network
         kind = 'does not fit' if isinstance(err, CheckpointError) else 'cannot be loaded'
         return None, Line('teacher load', 'FAIL', f'{type(err).__name__}: {err}',
                           f'the teacher checkpoint {kind}: set teacher_ckpt (--teacher-ckpt) '
                           'to weights trained with teacher_config, or teacher_config to '
                           'the config they were trained with; the other checks need it')
-    model.init_weights()
+    try:
+        model.init_weights()
+    except OSError as err:  # e.g. a pretrained backbone behind a URL, offline
+        return None, Line('student init', 'FAIL', f'{type(err).__name__}: {err}',
+                          "the student's init_cfg weights cannot be read: download them and "
+                          'point init_cfg.checkpoint at the file')
     count = len(model.teacher.state_dict())
     return model, Line('teacher load', 'OK',
                        f'{count} tensors loaded strictly from {ckpt}', data=dict(tensors=count))
