@@ -11,6 +11,7 @@ first thing to run when distillation gives no gain or diverges: a ratio far abov
 the distillation loss drowns the detection task, far below 1 means it barely acts.
 """
 import argparse
+
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import load_checkpoint
