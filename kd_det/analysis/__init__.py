@@ -1,1 +1,2 @@
-"""Analysis helpers behind tools/analysis/: training curves, feature-similarity maps."""
+"""Analysis helpers behind tools/analysis/ and kd_det.preflight: training curves,
+feature-similarity maps, loss balance, step timing and memory, teacher evaluation."""

@@ -15,12 +15,14 @@ def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
     """One training batch through the distiller's own ``loss()``.
 
     Returns ``{'levels': {loss name or 'detector': [||d loss / d feature_l||, ...]},
-    'total': ||gradient of all parameters||}``, where the features are the student's
-    ``feature_source`` levels (every source, RoI and dense logits included, reaches the
-    student through them) and 'detector' is the sum of the student's own losses.
+    'inputs': {loss name or 'detector': ||d loss / d inputs||}, 'total': ||gradient of
+    all parameters||}``, where the features are the student's ``feature_source`` levels
+    (every source, RoI and dense logits included, reaches the student through them), the
+    inputs its (preprocessed) images, and 'detector' is the sum of the student's own losses.
     """
     source = model.feature_source
     model.zero_grad(set_to_none=True)
+    inputs = inputs.detach().requires_grad_(True)
     with StudentTaps(model.student, {source}) as taps:
         losses = model.loss(inputs, samples)
     feats = list(taps.get(source))
@@ -28,33 +30,39 @@ def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
     groups = {DETECTOR: model.parse_losses(
         {k: v for k, v in losses.items() if k not in model.distill_losses})[0]}
     groups.update({name: losses[name] for name in model.distill_losses})
-    levels = {}
+    levels, on_inputs = {}, {}
     for name, value in groups.items():
-        grads = torch.autograd.grad(value, feats, retain_graph=True, allow_unused=True)
+        *grads, grad_in = torch.autograd.grad(value, [*feats, inputs], retain_graph=True,
+                                              allow_unused=True)
         levels[name] = [0.0 if g is None else float(g.norm()) for g in grads]
+        on_inputs[name] = 0.0 if grad_in is None else float(grad_in.norm())
     model.parse_losses(losses)[0].backward()
     params = [p.grad for p in model.parameters() if p.grad is not None]
     total = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in params])))
-    return dict(levels=levels, total=total)
+    return dict(levels=levels, inputs=on_inputs, total=total)
 
 
 def loss_balance(model: nn.Module, batches: Iterable, max_norm: Optional[float] = None
                  ) -> Dict[str, object]:
     """Mean gradient norms over ``batches`` of preprocessed ``(inputs, samples)``.
 
-    Returns ``{'levels': {name: [mean norm per level]}, 'total': [norm per batch],
-    'clipped': batches whose total norm exceeds max_norm (None without clipping)}``.
+    Returns ``{'levels': {name: [mean norm per level]}, 'inputs': {name: mean norm on the
+    inputs}, 'total': [norm per batch], 'clipped': batches whose total norm exceeds
+    max_norm (None without clipping)}``.
     """
     model.train()
     sums: Dict[str, List[float]] = {}
+    input_sums: Dict[str, float] = {}
     totals = []
     for inputs, samples in batches:
         result = loss_gradient_norms(model, inputs, samples)
         for name, norms in result['levels'].items():
             sums[name] = [a + b for a, b in zip(sums.get(name, [0.0] * len(norms)), norms)]
+            input_sums[name] = input_sums.get(name, 0.0) + result['inputs'][name]
         totals.append(result['total'])
     count = max(len(totals), 1)
-    return dict(levels={k: [v / count for v in vs] for k, vs in sums.items()}, total=totals,
+    return dict(levels={k: [v / count for v in vs] for k, vs in sums.items()},
+                inputs={k: v / count for k, v in input_sums.items()}, total=totals,
                 clipped=None if max_norm is None else sum(t > max_norm for t in totals))
 
 

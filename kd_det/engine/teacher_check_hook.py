@@ -1,11 +1,12 @@
 """Check at the start of training that the teacher really detects things."""
 from typing import Optional
 
-import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+
+from ..analysis.teacher_eval import count_detections, teacher_predictions
 
 
 @HOOKS.register_module()
@@ -37,7 +38,7 @@ class TeacherCheckHook(Hook):
         loader = runner.val_dataloader if runner.val_loop is not None else runner.train_dataloader
         if teacher is None or loader is None:
             return
-        stats = self.check(model, teacher, loader)
+        stats = self.check(model, loader)
         if stats is None:
             return
         images, kept, top = stats
@@ -53,17 +54,11 @@ class TeacherCheckHook(Hook):
         else:
             print_log(message, logger='current')
 
-    @torch.no_grad()
-    def check(self, model, teacher, loader) -> Optional[tuple]:
+    def check(self, model, loader) -> Optional[tuple]:
+        """``(images, detections >= score_thr, highest score)`` of the teacher on the
+        first ``num_batches`` batches of ``loader``, or None when it yields none."""
         images, kept, top = 0, 0, 0.0
-        for i, data in enumerate(loader):
-            if i >= self.num_batches:
-                break
-            data = model.data_preprocessor(data, False)
-            inputs = model.teacher_inputs(data['inputs'])
-            for sample in teacher.predict(inputs, data['data_samples']):
-                scores = sample.pred_instances.scores
-                images += 1
-                kept += int((scores >= self.score_thr).sum())
-                top = max(top, float(scores.max()) if scores.numel() else 0.0)
+        for _, samples in teacher_predictions(model, loader, self.num_batches):
+            n, k, t = count_detections(samples, self.score_thr)
+            images, kept, top = images + n, kept + k, max(top, t)
         return (images, kept, top) if images else None

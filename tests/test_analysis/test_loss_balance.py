@@ -82,3 +82,20 @@ model.update(teacher_config={teacher_cfg!r}, teacher_ckpt={ckpt!r},
     out = run_tool('tools/analysis/loss_balance.py', cfg, '--batches', '1').stdout
     assert out.count('| loss_ssim |') == 5
     assert 'clip_grad max_norm 10: exceeded in' in out
+
+
+def test_input_gradient_norms_match_autograd_on_the_images(model):
+    inputs, samples = batch()
+    torch.manual_seed(3)
+    result = loss_gradient_norms(model, inputs, samples)
+    images = inputs.clone().requires_grad_(True)
+    torch.manual_seed(3)
+    losses = model.loss(images, samples)
+    for name in ('loss_mse', 'loss_kd'):
+        (grad, ) = torch.autograd.grad(losses[name], images, retain_graph=True)
+        assert result['inputs'][name] == pytest.approx(float(grad.norm()), rel=1e-4)
+    detector = sum(v if not isinstance(v, list) else sum(v)
+                   for k, v in losses.items() if k not in ('loss_mse', 'loss_kd'))
+    (grad, ) = torch.autograd.grad(detector, images)
+    assert result['inputs']['detector'] == pytest.approx(float(grad.norm()), rel=1e-4)
+    assert inputs.grad is None and not inputs.requires_grad  # the caller's batch untouched

@@ -85,7 +85,8 @@ def test_wheel_ships_configs_and_tools(wheel):
                  'kd_det/.mim/configs/_base_/faster-rcnn_r101-to-r50_fpn_2x_coco.py',
                  'kd_det/.mim/tools/train.py', 'kd_det/.mim/tools/test.py',
                  'kd_det/.mim/tools/export_student.py', 'kd_det/.mim/model-index.yml',
-                 'kd_det/train.py', 'kd_det/test.py', 'kd_det/export.py',
+                 'kd_det/.mim/tools/preflight.py',  # mim run kd_det preflight
+                 'kd_det/train.py', 'kd_det/test.py', 'kd_det/export.py', 'kd_det/preflight.py',
                  'kd_det/losses/ssim_cpu.cpp'):
         assert name in names, name
     assert not [n for n in names if '__pycache__' in n]

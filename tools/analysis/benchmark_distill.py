@@ -42,17 +42,13 @@ the live tensors.
 Gradients are freed after each step (``zero_grad``), so they count as growth.
 """
 import argparse
-import copy
 import glob
 import multiprocessing
 import os.path as osp
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
-import time
-from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -60,13 +56,11 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
-from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.structures import InstanceData
-from torch import Tensor, nn
+from torch import nn
 
 import kd_det  # noqa: F401  (registers kd_det's modules)
-from kd_det.analysis.memory import PeakMemory
-from kd_det.models.distill_sources import StudentTaps
+from kd_det.analysis.steps import PHASES, Batch, PhaseSteps, device_name
 from kd_det.models.teacher import teacher_model_cfg
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -75,12 +69,8 @@ SHORTCUTS = {
     'rcka': 'configs/rcka/rcka_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
     'ssim+rcka': 'configs/ssim_rcka/ssim-rcka_faster-rcnn_r101-to-r50_fpn_1x_coco.py',
 }
-PHASES = ('student', 'teacher', 'distill')
 DEFAULTS = dict(cpu=dict(size=(512, 512), batch=2, threads=1, clock='cpu'),
                 cuda=dict(size=(800, 1333), batch=2, threads=None, clock='wall'))
-MIB = 2**20
-
-Batch = Tuple[Tensor, List[DetDataSample]]  # inputs, samples
 
 
 def shipped_configs() -> List[List[str]]:
@@ -150,62 +140,6 @@ def synthetic_batches(model: nn.Module, num: int, batch: int, size: Tuple[int, i
     return batches
 
 
-def _optim_wrapper(cfg: Config, model: nn.Module, amp: bool) -> OptimWrapper:
-    """The config's optim wrapper with lr 0 (AmpOptimWrapper with ``amp``)."""
-    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
-    optim_cfg.optimizer.lr = 0.0
-    if amp:
-        optim_cfg.type = 'AmpOptimWrapper'
-    return build_optim_wrapper(model, optim_cfg)
-
-
-def _train_step(model: nn.Module, wrapper: OptimWrapper,
-                rois: Optional[Dict[int, Tensor]] = None) -> Callable[[Batch, int], None]:
-    """One training step; with ``rois``, records the RoIs the student sampled per batch."""
-    def step(batch: Batch, index: int) -> None:
-        inputs, samples = batch
-        taps = StudentTaps(model, {'roi_cls'} if rois is not None else set())
-        with wrapper.optim_context(model), taps:
-            losses = model.loss(inputs, samples)
-        if rois is not None:
-            rois[index] = taps.get('rois')
-        loss, _ = model.parse_losses(losses)
-        wrapper.update_params(loss)
-    return step
-
-
-def _teacher_step(model: nn.Module, rois: Dict[int, Tensor], amp: bool,
-                  device: str) -> Callable[[Batch, int], None]:
-    """The teacher work of a distillation step (``model.teacher_outputs``): backbone, neck
-    and the heads the losses read, on the RoIs the student sampled in phase (a)."""
-    def step(batch: Batch, index: int) -> None:
-        autocast = torch.autocast(device, dtype=torch.float16) if amp else nullcontext()
-        with torch.no_grad(), autocast:
-            model.teacher_outputs(batch[0], rois.get(index))
-    return step
-
-
-def _resident_bytes(modules: Sequence[nn.Module], wrapper: Optional[OptimWrapper]) -> int:
-    """Bytes of the parameters and buffers of ``modules`` and the optimizer's state."""
-    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-    if wrapper is not None:
-        tensors += [v for state in wrapper.optimizer.state.values() for v in state.values()
-                    if isinstance(v, Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def device_name(device: str, threads: Optional[int], amp: bool) -> str:
-    """A readable name of the device the benchmark ran on."""
-    if device.startswith('cuda'):
-        return torch.cuda.get_device_name(device) + (' AMP' if amp else '')
-    name = platform.processor() or platform.machine()
-    if osp.isfile('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            name = next((line.split(':', 1)[1].strip() for line in f
-                         if line.startswith('model name')), name)
-    return f'{name}, {threads or torch.get_num_threads()} thread(s)'
-
-
 def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warmup: int,
               device: str = 'cpu', threads: Optional[int] = None, amp: bool = False,
               teacher_ckpt: Optional[str] = None, profile: int = 0,
@@ -228,42 +162,11 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
     with tempfile.TemporaryDirectory() as tmp:
         cfg.model.teacher_ckpt = teacher_ckpt or save_random_teacher(cfg.model, tmp)
         model = MODELS.build(cfg.model)
-    student = MODELS.build(cfg.model.student)
-    student.load_state_dict(model.student.state_dict())
-    model.to(device).train()
-    student.to(device).train()
-    student_wrapper = _optim_wrapper(cfg, student, amp)
-    distill_wrapper = _optim_wrapper(cfg, model, amp)
-    rois: Dict[int, Tensor] = {}
-    reads_rois = bool(model.sources & {'roi_cls', 'roi_reg'})
-    steps = dict(student=_train_step(student, student_wrapper, rois if reads_rois else None),
-                 teacher=_teacher_step(model, rois, amp, device),
-                 distill=_train_step(model, distill_wrapper))
+    phases = PhaseSteps(cfg, model, device, amp, lr=0.0)
     batches = synthetic_batches(model, warmup + repeats, batch, size,
                                 _num_classes(cfg.model.student) or 80)
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-    now = time.process_time if clock == 'cpu' else time.perf_counter
-
-    def run(phase: str, index: int) -> None:
-        torch.manual_seed(index)  # the same proposal sampling in (a) and (c)
-        steps[phase](batches[index], index)
-
-    times: Dict[str, List[float]] = {phase: [] for phase in PHASES}
-    for index in range(warmup + repeats):
-        for phase in PHASES:
-            sync()
-            start = now()
-            run(phase, index)
-            sync()
-            if index >= warmup:
-                times[phase].append(now() - start)
-
-    resident = dict(student=_resident_bytes([student], student_wrapper),
-                    teacher=_resident_bytes([model.teacher], None),
-                    distill=_resident_bytes([model, model.teacher], distill_wrapper))
-    meter = PeakMemory(device)
-    peak_mib = {phase: (resident[phase] + meter.measure(lambda: run(phase, 0))) / MIB
-                for phase in PHASES}
+    times = phases.time(batches, warmup, clock)
+    peak_mib = phases.peak_mib(batches[0])
     median = {phase: statistics.median(values) for phase, values in times.items()}
     return dict(
         config=config, device=device_name(device, threads, amp), clock=clock,
@@ -271,7 +174,8 @@ def benchmark(config: str, size: Tuple[int, int], batch: int, repeats: int, warm
         ratio=median['distill'] / (median['student'] + median['teacher']),
         peak_mib=peak_mib,
         memory_ratio=peak_mib['distill'] / (peak_mib['student'] + peak_mib['teacher']),
-        profile=profile_step(lambda: run('distill', 0), device, profile) if profile else None)
+        profile=profile_step(lambda: phases.run('distill', batches[0], 0), device, profile)
+        if profile else None)
 
 
 def profile_step(work: Callable[[], None], device: str, rows: int) -> str:

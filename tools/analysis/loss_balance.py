@@ -11,16 +11,16 @@ first thing to run when distillation gives no gain or diverges: a ratio far abov
 the distillation loss drowns the detection task, far below 1 means it barely acts.
 """
 import argparse
-import itertools
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import load_checkpoint
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
 import kd_det  # noqa: F401  (registers kd_det's modules, safe checkpoint loading)
 from kd_det.analysis.loss_balance import balance_table, loss_balance
+from kd_det.analysis.steps import train_batches
 
 
 def main() -> None:
@@ -45,10 +45,7 @@ def main() -> None:
     model.init_weights()
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
-    loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
-    batches = ((data['inputs'], data['data_samples'])
-               for data in map(lambda d: model.data_preprocessor(d, True),
-                               itertools.islice(loader, args.batches)))
+    batches = train_batches(cfg, model, args.batches, args.seed)
     max_norm = (cfg.optim_wrapper.get('clip_grad') or {}).get('max_norm')
     print(balance_table(loss_balance(model, batches, max_norm), max_norm))
 
