@@ -1,7 +1,9 @@
 # A CPU-sized DINO student for the synthetic shapes dataset (7 classes): mmdet's
 # DINO-4scale R-50 recipe (ChannelMapper, 4 levels at strides 8-64, deformable encoder and
 # decoder, contrastive denoising, two-stage queries) shrunk: a ResNet-18 at 1/4 width from
-# scratch, 32-d embeddings, 1 encoder and 2 decoder layers, 30 queries, 128 px images.
+# scratch, 1 encoder and 2 decoder layers, 30 queries, 128 px images. The embeddings stay
+# 256-d: mmdet's DINO decoder encodes reference points with a fixed 128 features per
+# coordinate, which fits 256-d queries only.
 _base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
 custom_imports = dict(imports=['kd_det'], allow_failed_imports=False)
 
@@ -9,24 +11,23 @@ classes = ('circle', 'ring', 'square', 'triangle', 'hexagon', 'star', 'cross')
 image_size = (128, 128)
 data_root = 'data/kd_det_shapes/'
 max_epochs = 4
-embed = 32
+embed = 256
 
 model = dict(
     num_queries=30,
     backbone=dict(depth=18, base_channels=16, frozen_stages=-1,
                   norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False,
                   init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128], out_channels=embed,
-              norm_cfg=dict(type='GN', num_groups=8)),
+    neck=dict(in_channels=[32, 64, 128], out_channels=embed),
     encoder=dict(num_layers=1, layer_cfg=dict(
-        self_attn_cfg=dict(embed_dims=embed, num_heads=4),
-        ffn_cfg=dict(embed_dims=embed, feedforward_channels=64))),
+        self_attn_cfg=dict(embed_dims=embed, num_heads=8),
+        ffn_cfg=dict(embed_dims=embed, feedforward_channels=256))),
     decoder=dict(num_layers=2, layer_cfg=dict(
-        self_attn_cfg=dict(embed_dims=embed, num_heads=4),
-        cross_attn_cfg=dict(embed_dims=embed, num_heads=4),
-        ffn_cfg=dict(embed_dims=embed, feedforward_channels=64))),
+        self_attn_cfg=dict(embed_dims=embed, num_heads=8),
+        cross_attn_cfg=dict(embed_dims=embed, num_heads=8),
+        ffn_cfg=dict(embed_dims=embed, feedforward_channels=256))),
     positional_encoding=dict(num_feats=embed // 2),
-    bbox_head=dict(num_classes=len(classes)),
+    bbox_head=dict(num_classes=len(classes), embed_dims=embed),
     dn_cfg=dict(group_cfg=dict(num_dn_queries=10)),
     test_cfg=dict(max_per_img=30))
 

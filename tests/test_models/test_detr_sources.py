@@ -44,7 +44,7 @@ def test_detr_teacher_refuses_dense_source_for_a_one_stage_student(teachers):
     losses = dict(loss_kd=dict(type='LogitKDLoss', source='dense_cls'))
     with pytest.raises(ValueError, match="the teacher DINO is a DETR-family detector"):
         build(RETINA, DINO4, teachers[DINO4], losses,
-              connectors=dict(in_channels=64, out_channels=32))
+              connectors=dict(in_channels=64, out_channels=256))
 
 
 def _pkd_reference(model, images, pairs):
@@ -74,7 +74,7 @@ def test_dino_5scale_teacher_pairs_with_4scale_student_by_stride(teachers):
 def test_dino_teacher_for_a_faster_rcnn_student(teachers):
     model = build(DEMO_STUDENT, DINO4, teachers[DINO4],
                   dict(loss_pkd=dict(type='PKDLoss', loss_weight=6.0, levels=[1, 2, 3, 4])),
-                  connectors=dict(in_channels=64, out_channels=32))
+                  connectors=dict(in_channels=64, out_channels=256))
     # student FPN strides 4-64, teacher ChannelMapper 8-64: student level 0 has no partner
     assert model.level_pairs['neck'] == {1: 0, 2: 1, 3: 2, 4: 3}
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ epoch (here after a resume), and the teacher sees the student's augmented batch.
 import glob
 import json
 import os.path as osp
+import shutil
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ randomness = dict(seed=0)
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes') / 'data')
-    return generate_dataset(root, num_train=8, num_val=4, num_tune=0, image_size=(128, 128),
+    return generate_dataset(root, num_train=8, num_val=4, num_tune=1, image_size=(128, 128),
                             seed=0)['root']
 
 
@@ -91,7 +92,10 @@ def rtmdet(shapes, tmp_path_factory):
     run = family(str(tmp_path_factory.mktemp('rtmdet')), shapes, RTMDET)
     first = run_tool('tools/train.py', run['distill'], '--work-dir', run['work'],
                      '--cfg-options', 'train_cfg.max_epochs=2')
-    run['epoch_2'] = torch.load(osp.join(run['work'], 'epoch_2.pth'))
+    # kept aside: the checkpoint hook keeps the newest ones only
+    run['epoch_2_path'] = shutil.copy(osp.join(run['work'], 'epoch_2.pth'),
+                                      osp.join(run['work'], '..', 'epoch_2.pth'))
+    run['epoch_2'] = torch.load(run['epoch_2_path'])
     second = run_tool('tools/train.py', run['distill'], '--work-dir', run['work'], '--resume')
     run['logs'] = (first.stdout + first.stderr, second.stdout + second.stderr)
     return run
@@ -122,7 +126,7 @@ def test_rtmdet_resume_is_exact(rtmdet):
     """The resumed model holds the raw weights, its EMA the averaged ones, both as saved."""
     cfg = Config.fromfile(rtmdet['distill'])
     cfg.work_dir = rtmdet['work']
-    cfg.resume, cfg.load_from = True, osp.join(rtmdet['work'], 'epoch_2.pth')
+    cfg.resume, cfg.load_from = True, rtmdet['epoch_2_path']
     runner = Runner.from_cfg(cfg)
     runner._train_loop = runner.build_train_loop(runner._train_loop)
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
@@ -165,21 +169,24 @@ def test_rtmdet_exported_student_is_the_ema_student(rtmdet, tmp_path):
 
 
 def test_rtmdet_teacher_sees_the_augmented_batch(shapes, tmp_path):
-    """One iteration in-process, CachedMosaic and CachedMixUp on: the teacher's backbone
-    gets exactly the student's (augmented, normalised, padded) images."""
+    """One epoch in-process, CachedMosaic and CachedMixUp on: the teacher's backbone gets
+    exactly the student's (augmented, normalised, padded) images."""
     run = family(str(tmp_path), shapes, RTMDET)
     cfg = Config.fromfile(run['distill'])
     cfg.work_dir = run['work']
     cfg.train_cfg.max_epochs = 1
-    cfg.train_dataloader.dataset.indices = list(range(4))
     cfg.visualizer.name = f'visualizer_{osp.basename(str(tmp_path))}'
     runner = Runner.from_cfg(cfg)
     seen = {}
     model = runner.model
-    handles = [m.register_forward_pre_hook(
-        lambda mod, args, side=side: seen.setdefault(side, []).append(args[0].clone()))
-        for side, m in (('student', model.student.backbone),
-                        ('teacher', model.teacher.backbone))]
+
+    def record(side):
+        def hook(module, args):
+            if side == 'teacher' or module.training:  # not the student's validation
+                seen.setdefault(side, []).append(args[0].clone())
+        return hook
+    handles = [model.student.backbone.register_forward_pre_hook(record('student')),
+               model.teacher.backbone.register_forward_pre_hook(record('teacher'))]
     try:
         runner.train()
     finally:
@@ -187,11 +194,12 @@ def test_rtmdet_teacher_sees_the_augmented_batch(shapes, tmp_path):
             h.remove()
     pipeline = [t['type'] for t in cfg.train_dataloader.dataset.pipeline]
     assert 'CachedMosaic' in pipeline and 'CachedMixUp' in pipeline
-    # one training step (the teacher check runs the teacher on validation batches first)
-    assert len(seen['student']) == 1
-    train_input = seen['student'][0]
-    assert train_input.shape == (4, 3, 128, 128)
-    assert any(torch.equal(train_input, t) for t in seen['teacher'])
+    # two training steps; the second mosaics its images (CachedMosaic mixes from its 5th
+    # image on). The teacher also ran on validation batches first (the teacher check).
+    assert len(seen['student']) == 2
+    for train_input in seen['student']:
+        assert train_input.shape == (4, 3, 128, 128)
+        assert any(torch.equal(train_input, t) for t in seen['teacher'])
 
 
 # --------------------------------------------------------------------------------- DINO
