@@ -17,7 +17,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
-from testing_utils import REPO, resumed_runner, run_tool, save_random_teacher, write_config
+from testing_utils import (COCO128, COCO128_DATA, REPO, needs_coco128, resumed_runner, run_tool,
+                           save_random_teacher, write_config)
 from kd_det.demo.synthetic_coco import generate_dataset
 from kd_det.export import export_student
 
@@ -232,3 +233,35 @@ def test_dino_resume_is_exact_and_export_tests(dino, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in saved['state_dict'].items())
     assert runner.iter == saved['meta']['iter'] == 2
     check_export_and_test(dino, saved_path, tmp_path)
+
+
+# ------------------------------------------------------------------------------ coco128
+# the families' detectors with COCO's 80 classes; RTMDet keeping every box for the metric
+# and padding batches to a multiple of 32 (its CSPNeXtPAFPN concatenates upsampled levels;
+# the shared coco128 pipelines only resize, where RTMDet's own pad)
+COCO80 = {
+    'rtmdet': 'data_preprocessor=dict(pad_size_divisor=32), bbox_head=dict(num_classes=80), '
+              'test_cfg=dict(score_thr=0.0)',
+    'dino': 'bbox_head=dict(num_classes=80)',
+}
+
+
+@needs_coco128
+@pytest.mark.parametrize('name', sorted(COCO80))
+def test_family_on_coco128(name, tmp_path):
+    """One epoch on 8 coco128 images (the suite's shared real data), export, tools/test.py."""
+    names = RTMDET if name == 'rtmdet' else DINO
+    d = str(tmp_path)
+    teacher = write_config(d, 'teacher.py', f"_base_ = {osp.join(DEMO, names['teacher'])!r}\n"
+                           + f'model = dict({COCO80[name]})\n')
+    ckpt = save_random_teacher(osp.join(d, 'teacher.pth'), teacher)
+    data = COCO128_DATA.format(coco128=COCO128, epochs=1)
+    distill = write_config(d, 'distill.py', f"_base_ = {osp.join(DEMO, names['distill'])!r}\n"
+                           + data + f'model = dict(teacher_config={teacher!r}, '
+                           f'teacher_ckpt={ckpt!r}, student=dict({COCO80[name]}))\n')
+    student = write_config(d, 'student.py', f"_base_ = {osp.join(DEMO, names['student'])!r}\n"
+                           + data + f'model = dict({COCO80[name]})\n')
+    work = osp.join(d, 'work')
+    run_tool('tools/train.py', distill, '--work-dir', work)
+    check_export_and_test(dict(student=student, distill=distill), osp.join(work, 'epoch_1.pth'),
+                          tmp_path)
