@@ -7,4 +7,5 @@ from .pkd import PKDLoss, pkd_loss  # noqa: F401
 from .rcka import RCKALoss, rcka_loss  # noqa: F401
 from .rrd import RRDLoss  # noqa: F401
 from .ssim import SSIMLoss, ssim_loss  # noqa: F401
-from .unikd import UniKDLoss, gaussian_kl, sampled_softmax_kl  # noqa: F401
+from .receives import DERIVED_OPTIONS, Receives  # noqa: F401
+from .unikd import UniKDLoss, gaussian_kl, gaussian_nll  # noqa: F401

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .receives import Receives
 from .utils import as_float32_pair, check_non_negative, float32_no_autocast
 
 
@@ -63,6 +64,8 @@ class BoxDeltaKDLoss(nn.Module):
         activation, num_classes: set by the distiller from the heads.
         loss_weight: weight of the loss.
     """
+
+    receives = Receives(teacher_logits=True, derived=('activation', 'num_classes'))
 
     def __init__(self, loss_type: str = 'l1', score_thr: float = 0.5,
                  activation: Optional[str] = None, num_classes: Optional[int] = None,

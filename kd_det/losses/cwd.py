@@ -4,6 +4,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from mmdet.registry import MODELS
+
+from .receives import Receives
 from .utils import as_float32_pair, check_feature_pair, check_non_negative, float32_no_autocast
 
 
@@ -48,6 +50,8 @@ class CWDLoss(nn.Module):
 
     Computed in float32 even under autocast; the teacher is treated as a constant.
     """
+
+    receives = Receives()  # forward(student, teacher) per level, (N, C, H, W) each
 
     def __init__(self, loss_weight: float = 1.0, tau: float = 1.0) -> None:
         super().__init__()

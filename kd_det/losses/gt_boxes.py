@@ -1,61 +1,64 @@
-"""Ground-truth boxes as RoIs, their FPN levels, and features pooled over them.
+"""Boxes of a batch as RoIs: ground-truth RoIs, features pooled over them, RoI classes.
 
-Shared by the instance modes of RRD (one embedding per box) and UniKD (one
-Gaussian per box).
+mmdet does the work: ``bbox2roi`` makes the (K, 5) RoIs, a ``SingleRoIExtractor``
+maps each box to its FPN level (``finest_scale``) and RoIAligns it there, and
+``bbox_overlaps`` matches sampled RoIs to ground-truth boxes.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-from mmcv.ops import roi_align
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures import DetDataSample
-from mmdet.structures.bbox import get_box_tensor
+from mmdet.structures.bbox import bbox2roi, bbox_overlaps, get_box_tensor
 from torch import Tensor
 
 
-def map_boxes_to_levels(boxes: Tensor, num_levels: int, finest_scale: float) -> Tensor:
-    """FPN level of each (K, 4) xyxy box, as mmdet's ``SingleRoIExtractor``.
-
-    Level ``floor(log2(sqrt(w * h) / finest_scale))`` clamped to
-    ``[0, num_levels - 1]``: boxes below ``2 * finest_scale`` go to level 0.
-    """
-    scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
-    levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
-    return levels.clamp(min=0, max=num_levels - 1).long()
-
-
-def pool_instances(feats: List[Tensor], rois: Tensor, levels: Tensor, strides: Sequence[int],
-                   output_size: int) -> Tensor:
-    """(K, C) vectors of K rois: RoIAlign (aligned) on each roi's level, then the mean.
-
-    Args:
-        feats (List[Tensor]): Levels, each (N, C, H_l, W_l).
-        rois (Tensor): (K, 5) ``(image index, x1, y1, x2, y2)`` in input pixels.
-        levels (Tensor): (K, ) level of each roi.
-        strides (Sequence[int]): Stride of each level.
-        output_size (int): RoIAlign output size.
-    """
-    pooled, order = [], []
-    for lvl, stride in enumerate(strides):
-        inds = torch.nonzero(levels == lvl).squeeze(1)
-        if inds.numel() == 0:
-            continue
-        # mmcv's CPU kernel reads the memory as contiguous NCHW whatever the strides
-        out = roi_align(feats[lvl].contiguous(), rois[inds], output_size, 1. / stride, 0,
-                        'avg', True)
-        pooled.append(out.mean(dim=(2, 3)))
-        order.append(inds)
-    if not order:
-        return feats[0].mean(dim=(2, 3))[:0]  # (0, C), still attached to the graph
-    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
-
-
 def gt_rois(batch_data_samples: List[DetDataSample], device: torch.device) -> Tensor:
-    """(K, 5) ``(image index, x1, y1, x2, y2)`` float32 rois of all ground-truth boxes."""
-    return torch.cat([
-        F.pad(get_box_tensor(sample.gt_instances.bboxes).to(device, torch.float32), (1, 0),
-              value=float(i)) for i, sample in enumerate(batch_data_samples)
-    ])
+    """(K, 5) ``(image index, x1, y1, x2, y2)`` float32 RoIs of all ground-truth boxes."""
+    return bbox2roi([get_box_tensor(s.gt_instances.bboxes).to(device, torch.float32)
+                     for s in batch_data_samples])
+
+
+def pool_instances(feats: List[Tensor], rois: Tensor, strides: Sequence[int],
+                   finest_scale: float, output_size: int) -> Tensor:
+    """(K, C) means of the RoIAligned features of K ``rois`` (K, 5) on levels (N, C, H_l, W_l).
+
+    mmdet's ``SingleRoIExtractor`` does the work: each RoI is RoIAligned (aligned,
+    ``output_size``) on the level of ``strides`` its size maps to (``finest_scale``), as
+    the student's own RoI extractor does.
+    """
+    if rois.size(0) == 0:
+        return feats[0].mean(dim=(2, 3))[:0]  # (0, C), still attached to the graph
+    extractor = SingleRoIExtractor(
+        roi_layer=dict(type='RoIAlign', output_size=output_size, sampling_ratio=0, aligned=True),
+        out_channels=feats[0].size(1), featmap_strides=list(strides), finest_scale=finest_scale)
+    # mmcv's CPU kernel reads the memory as contiguous NCHW whatever the strides
+    return extractor([f.contiguous() for f in feats], rois).mean(dim=(2, 3))
+
+
+def roi_labels(rois: Tensor, batch_data_samples: List[DetDataSample],
+               iou_thr: float) -> Tensor:
+    """(R, ) class of the ground-truth box each RoI overlaps most, -1 (background)
+    where that IoU is below ``iou_thr`` or its image has no box."""
+    labels = torch.full((rois.size(0), ), -1, dtype=torch.long, device=rois.device)
+    for i, sample in enumerate(batch_data_samples):
+        rows = torch.nonzero(rois[:, 0] == i).squeeze(1)
+        boxes = get_box_tensor(sample.gt_instances.bboxes).to(rois.device, torch.float32)
+        if rows.numel() == 0 or boxes.size(0) == 0:
+            continue
+        iou, best = bbox_overlaps(rois[rows, 1:], boxes).max(dim=1)
+        gt_classes = sample.gt_instances.labels.to(rois.device)[best]
+        labels[rows] = torch.where(iou >= iou_thr, gt_classes, labels[rows])
+    return labels
+
+
+def image_ids(batch_data_samples: Optional[List[DetDataSample]], image_index: Tensor) -> Tensor:
+    """(B, ) metainfo ``img_id`` of the image each row comes from (``image_index``:
+    (B, ) position in the batch); -1 everywhere when a sample has no ``img_id``."""
+    if batch_data_samples is None or any('img_id' not in s for s in batch_data_samples):
+        return torch.full_like(image_index, -1)
+    ids = torch.tensor([int(s.img_id) for s in batch_data_samples], device=image_index.device)
+    return ids[image_index]
 
 
 def check_level_strides(owner: str, strides, num_levels: int) -> None:

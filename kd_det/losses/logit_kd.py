@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .receives import Receives
 from .utils import as_float32_pair, check_non_negative, float32_no_autocast
 
 ACTIVATIONS = ('softmax', 'sigmoid')
@@ -55,6 +56,8 @@ class LogitKDLoss(nn.Module):
         num_classes: set by the distiller; only checked against the rows.
         loss_weight: weight of the loss.
     """
+
+    receives = Receives(derived=('activation', 'num_classes'))
 
     def __init__(self, temperature: float = 1.0, activation: Optional[str] = None,
                  num_classes: Optional[int] = None, loss_weight: float = 1.0) -> None:

@@ -20,6 +20,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from mmdet.registry import MODELS
+
+from .receives import Receives
 from .utils import as_float32_pair, check_feature_pair, check_non_negative, float32_no_autocast
 
 # A channel's variance is clamped to this before the square root, so a constant channel has
@@ -93,6 +95,8 @@ class PKDLoss(nn.Module):
     Matches MMRazor's ``PKDLoss`` (its COCO configs use loss_weight 6 on FPN levels 0..3).
     Computed in float32 even under autocast; the teacher is treated as a constant.
     """
+
+    receives = Receives()  # forward(student, teacher) per level, (N, C, H, W) each
 
     def __init__(self, loss_weight: float = 1.0, eps: float = 1e-6) -> None:
         super().__init__()

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmdet.registry import MODELS
+
+from .receives import Receives
 from .utils import (as_float32_pair, check_feature_pair, check_non_negative, check_same_shape,
                     float32_no_autocast)
 
@@ -168,6 +170,8 @@ class RCKALoss(nn.Module):
             (the official code fails there); the official configs use FPN levels 0..3.
         with_l2_norm: official row normalisation of the Gram matrices (used for logits).
     """
+
+    receives = Receives()  # forward(student, teacher) per level (N, C, H, W) or on (R, K) rows
 
     def __init__(self, loss_weight: float = 1.0, inter_weight: Optional[float] = None,
                  official_inter_weight: bool = True, centered: bool = False,

@@ -1,16 +1,19 @@
-"""Relational Representation Distillation (RRD) on FPN features.
+"""Relational Representation Distillation (RRD) on a detector's embeddings.
 
 Giakoumoglou and Stathaki, "Relational Representation Distillation",
 arXiv 2407.12073. The student matches, through a softmax over a FIFO memory
 of teacher embeddings, the teacher's (sharper) similarity distribution to the
 same memory.
 
-Adapted to detection (see :class:`RRDLoss`): embeddings per image or per
-ground-truth box; by default each embedding relates only to entries of other
-images (the official code keeps its own entry in the memory, which makes the
-teacher target one-hot on it), and the loss is logged as a KL (floor 0).
-:func:`teacher_target_statistics` measures the target's entropy;
-tools/analysis/rrd_target_entropy.py runs it on a teacher's features.
+What the loss receives (see :class:`RRDLoss`): by default (``source='roi_embed'``)
+the embeddings the two box heads classify, (R, D_s) and (R, D_t), on the
+student's sampled RoIs (``rois``), the detector analogue of the paper's pooled
+penultimate features; or feature levels (``source='neck'``), pooled per
+ground-truth box or per image. Each embedding relates only to entries of other
+images by default (the official code keeps its own entry in the memory, which
+makes the teacher target one-hot on it), and the loss is logged as a KL
+(floor 0). :func:`teacher_target_statistics` measures the target;
+tools/analysis/rrd_target_entropy.py runs it on a teacher and a dataset.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +24,9 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from torch import Tensor
 
-from .gt_boxes import check_level_strides, gt_rois, map_boxes_to_levels, pool_instances
+from .gt_boxes import (check_level_strides, gt_rois, image_ids, pool_instances,
+                       roi_labels)
+from .receives import Receives
 from .rrd_memory import EXCLUDE, enqueue, gather_variable_rows, related_entries
 from .utils import float32_no_autocast
 
@@ -112,22 +117,27 @@ def teacher_target_statistics(teacher_emb: Tensor,
 
 @MODELS.register_module()
 class RRDLoss(nn.Module):
-    """RRD loss between student and teacher multi-level (FPN) features.
+    """RRD loss between student and teacher embeddings (RoI rows or feature levels).
 
-    Embeddings (``mode``):
+    What it relates (one embedding per row):
 
-    - ``'image'``: per level global average pooling, concatenated over levels
-      (levels keep their own statistics instead of being mixed by a sum): one
-      ``num_levels * C`` vector per image.
-    - ``'instance'``: one vector per ground-truth box: RoIAlign
-      (``roi_output_size``, aligned) on the FPN level chosen by the box size as
-      mmdet's RoI extractor does (``finest_scale``), then average pooling.
-      Images without boxes contribute nothing; a batch without any box gives 0.
+    - **RoI embeddings** (``source='roi_embed'``, the default recipe for
+      two-stage students): ``forward(student (R, D_s), teacher (R, D_t), rois,
+      batch_data_samples)``, the classifier inputs of both box heads on the
+      student's R sampled RoIs. Rows kept: every positive RoI (IoU >=
+      ``pos_iou_thr`` with a ground-truth box of its image) and the first
+      ``num_negatives`` negatives of each image (the sampler already shuffled
+      them); ``None`` keeps every row.
+    - **Feature levels** (``source='neck'``, ``mode``): ``forward([levels],
+      [levels], batch_data_samples)``. ``'instance'``: one vector per
+      ground-truth box, RoIAligned (``roi_output_size``) on the level mmdet's
+      RoI extractor maps it to (``finest_scale``), then averaged; ``'image'``:
+      per-level global means, concatenated (``num_levels * C``).
 
     Linear heads map student and teacher vectors to ``embed_dim``; both outputs
     are L2-normalised. As in the official code the teacher side of the loss is
     detached, so the teacher head would never receive a gradient: it is a
-    fixed random projection, frozen here (``requires_grad=False``) so that DDP
+    fixed random projection, frozen (``requires_grad=False``) so that DDP
     needs no ``find_unused_parameters``; it still lives in checkpoints. Being
     fixed, it also keeps the memory's old entries consistent with new ones.
 
@@ -136,76 +146,65 @@ class RRDLoss(nn.Module):
     entry), ``queue_ptr``, ``queue_len``: saved in checkpoints, so resuming is
     exact). Each step first enqueues the teacher embeddings of all ranks
     (variable counts, gathered in rank order; only the newest ``queue_size``
-    when more arrive), writing at ``queue_ptr`` and wrapping around, and then
-    relates the local embeddings to the filled part of the queue. Unlike the
-    official code, which starts from random entries, slots never written are
-    left out of the softmax, so the loss only ever relates to real teacher
-    embeddings.
+    when more arrive), as the official 2025 code does (enqueue before), and
+    then relates the local embeddings to the filled part of the queue. Slots
+    never written are left out of the softmax (the official code starts from
+    random entries).
 
     Exclusion (``exclude``, our adaptation to detection): in the official code
-    each embedding's own entry is in the memory it relates to. With the
+    each embedding's own entry is in the memory it relates to; with the
     official ``teacher_tau`` of 0.02 the teacher target then puts 0.99 of its
-    weight on that entry on the demo's boxes (entropy 0.04 nats): the loss
-    becomes instance discrimination, against RRD's stated intent of matching
-    similarities without strict negative instance differentiation.
+    weight on that entry on the demo's boxes: the loss becomes instance
+    discrimination, against RRD's stated intent of matching similarities.
 
     - ``'image'`` (default): each embedding relates only to entries of *other*
-      images (by ``img_id`` of the data samples' metainfo, also for entries
-      enqueued in earlier steps: a queue longer than an epoch's boxes holds
-      the previous epoch's copy of every box, identical or flipped).
+      images (metainfo ``img_id``, also for entries of earlier steps).
     - ``'self'``: only the embedding's own entry of this step is left out.
     - ``'none'``: the official behaviour.
 
-    Rows with no entry to relate to (e.g. the first step of a single image)
-    add nothing; a step where no row has one gives 0, still in the graph.
-
-    Teacher temperature: measured on the demo (shipped teacher, 600 training
-    images, 2 epochs, 4096-entry memory; tools/analysis/rrd_target_entropy.py),
-    with ``exclude='image'`` the target's entropy is 2.1-2.9 nats at 0.02
-    (largest weight 0.29-0.43: a few near-duplicates), 4.7-5.9 at 0.05
-    (largest weight 0.04-0.11) and 6.1-7.3 at 0.1, against log K = 8.0-8.3
-    for a uniform target. The default, 0.05, relates each box to a
-    neighbourhood of a few hundred similar boxes, not to its nearest copies.
-
-    Divergence (``divergence``): ``'kl'`` (default) logs ``KL(p_t || p_s)``,
-    whose floor is 0; ``'cross_entropy'`` the official ``-sum p_t log p_s``,
-    which is the KL plus the teacher entropy. Both have the same gradient; its
-    size relative to the detection losses is set by ``loss_weight``.
+    Rows with no entry to relate to add nothing; a step where no row has one
+    gives 0, still in the graph. ``divergence``: ``'kl'`` (default) logs
+    ``KL(p_t || p_s)`` (floor 0); ``'cross_entropy'`` the official
+    ``-sum p_t log p_s``; the same gradient. Defaults and the official code
+    versions they come from: configs/rrd/README.md.
 
     Args:
-        in_channels (int): Channels of each student level.
-        teacher_channels (int): Channels of each teacher level.
-        num_levels (int): Number of levels the loss is called with.
-        mode (str): ``'image'`` or ``'instance'``.
+        in_channels (int): Student width (embedding or level channels; derived).
+        teacher_channels (int): Teacher width (derived).
+        num_levels (int): Levels the loss is called with (level sources; derived).
+        mode (str): ``'instance'`` or ``'image'``, for feature levels.
         embed_dim (int): Projection dimension. Defaults to 128.
         queue_size (int): Memory size. Defaults to 16384.
         student_tau (float): Student temperature. Defaults to 0.1.
-        teacher_tau (float): Teacher temperature. Defaults to 0.05 (the
-            official code: 0.02; see above).
-        exclude (str): ``'image'``, ``'self'`` or ``'none'`` (see above).
-        divergence (str): ``'kl'`` or ``'cross_entropy'`` (see above).
-        strides (Sequence[int], optional): Strides of the levels; needed in
-            ``'instance'`` mode (the distiller sets them).
-        finest_scale (float, optional): Box scale mapped to level 0; needed in
-            ``'instance'`` mode (the distiller sets it from the student's RoI
-            extractor).
+        teacher_tau (float): Teacher temperature. Defaults to 0.05.
+        exclude (str): ``'image'``, ``'self'`` or ``'none'``.
+        divergence (str): ``'kl'`` or ``'cross_entropy'``.
+        pos_iou_thr (float): IoU making a RoI row positive. Defaults to 0.5.
+        num_negatives (int, optional): Negative RoI rows kept per image.
+            Defaults to 16.
+        strides, finest_scale: level strides and the box scale of level 0
+            (``'instance'``; derived from the student).
         roi_output_size (int): RoIAlign output size (``'instance'``).
         loss_weight (float): Weight of the loss. Defaults to 1.0.
     """
 
-    multi_level = True
+    receives = Receives(all_levels=True, data_samples=True, rois=True,
+                        derived=('in_channels', 'teacher_channels', 'num_levels', 'strides',
+                                 'finest_scale'))
 
     def __init__(self,
                  in_channels: int = 256,
                  teacher_channels: int = 256,
                  num_levels: int = 5,
-                 mode: str = 'image',
+                 mode: str = 'instance',
                  embed_dim: int = 128,
                  queue_size: int = 16384,
                  student_tau: float = 0.1,
                  teacher_tau: float = 0.05,
                  exclude: str = 'image',
                  divergence: str = 'kl',
+                 pos_iou_thr: float = 0.5,
+                 num_negatives: Optional[int] = 16,
                  strides: Optional[Sequence[int]] = None,
                  finest_scale: Optional[float] = None,
                  roi_output_size: int = 7,
@@ -225,15 +224,9 @@ class RRDLoss(nn.Module):
                              f'{student_tau}, teacher_tau={teacher_tau}')
         if queue_size < 1:
             raise ValueError(f'RRDLoss: queue_size must be >= 1, got {queue_size}')
+        if num_negatives is not None and num_negatives < 0:
+            raise ValueError(f'RRDLoss: num_negatives must be None or >= 0, got {num_negatives}')
         check_level_strides('RRDLoss', strides, num_levels)
-        if mode == 'instance' and finest_scale is None:
-            raise ValueError("RRDLoss(mode='instance') needs finest_scale: the distiller "
-                             "sets it from the student's RoI extractor; give it explicitly "
-                             'when calling the loss standalone')
-        if mode == 'instance' and strides is None:
-            raise ValueError("RRDLoss(mode='instance') needs strides: the distiller sets "
-                             'them from the paired levels; give them explicitly when '
-                             'calling the loss standalone')
         self.in_channels = in_channels
         self.teacher_channels = teacher_channels
         self.num_levels = num_levels
@@ -242,10 +235,12 @@ class RRDLoss(nn.Module):
         self.teacher_tau = teacher_tau
         self.exclude = exclude
         self.divergence = divergence
+        self.pos_iou_thr = pos_iou_thr
+        self.num_negatives = num_negatives
+        self.loss_weight = loss_weight
         self.strides = None if strides is None else tuple(strides)
         self.finest_scale = finest_scale
         self.roi_output_size = roi_output_size
-        self.loss_weight = loss_weight
 
         levels_in_vector = num_levels if mode == 'image' else 1
         self.student_head = nn.Linear(in_channels * levels_in_vector, embed_dim)
@@ -256,7 +251,62 @@ class RRDLoss(nn.Module):
         self.register_buffer('queue_ptr', torch.zeros((), dtype=torch.long))
         self.register_buffer('queue_len', torch.zeros((), dtype=torch.long))
 
-    def _check_side(self, feats: List[Tensor], channels: int, side: str) -> None:
+    # ------------------------------------------------------------ inputs
+    def _selection(self, x, batch_data_samples, rois) -> Tuple[Optional[Tensor], Tensor]:
+        """What the embeddings of a call are: ``(selection, (B, ) batch index of each)``;
+        the selection is the kept row indices (RoI rows), the ground-truth RoIs
+        (``'instance'`` levels) or None (``'image'`` levels)."""
+        if isinstance(x, Tensor):
+            keep = self._kept_rows(rois, batch_data_samples)
+            return keep, rois[keep, 0].long()
+        if self.mode == 'instance':
+            box_rois = gt_rois(batch_data_samples, x[0].device)
+            return box_rois, box_rois[:, 0].long()
+        return None, torch.arange(x[0].size(0), device=x[0].device)
+
+    def _vectors(self, x, selection: Optional[Tensor]) -> Tensor:
+        """(B, C) float32 vectors: the selected rows, or the levels pooled per box or image."""
+        if isinstance(x, Tensor):
+            return x[selection].float()
+        if selection is None:
+            return torch.cat([f.float().mean(dim=(2, 3)) for f in x], dim=1)
+        return pool_instances([f.float() for f in x], selection, self.strides, self.finest_scale,
+                              self.roi_output_size)
+
+    def _kept_rows(self, rois: Tensor, batch_data_samples: List[DetDataSample]) -> Tensor:
+        """Indices of the positive RoIs and of the first ``num_negatives`` per image."""
+        if self.num_negatives is None:
+            return torch.arange(rois.size(0), device=rois.device)
+        negative = roi_labels(rois, batch_data_samples, self.pos_iou_thr) < 0
+        keep = ~negative
+        for i in range(len(batch_data_samples)):
+            rows = torch.nonzero(negative & (rois[:, 0] == i)).squeeze(1)
+            keep[rows[:self.num_negatives]] = True
+        return torch.nonzero(keep).squeeze(1)
+
+    def _check(self, x, channels: int, side: str, batch_data_samples, rois) -> None:
+        if isinstance(x, Tensor):
+            self._check_rows(x, channels, side, batch_data_samples, rois)
+        else:
+            self._check_levels(x, channels, side)
+            self._check_samples(batch_data_samples, x[0].size(0))
+
+    def _check_rows(self, rows: Tensor, channels: int, side: str, batch_data_samples,
+                    rois) -> None:
+        if self.mode == 'image':
+            raise ValueError("RRDLoss: mode='image' pools feature levels; RoI rows "
+                             "(source 'roi_embed') have no levels: leave mode out")
+        if rows.dim() != 2 or rows.size(1) != channels:
+            raise ValueError(f'RRDLoss: expected {side} rows (R, {channels}), got '
+                             f'{tuple(rows.shape)}')
+        if rois is None or rois.shape != (rows.size(0), 5) or batch_data_samples is None:
+            raise ValueError('RRDLoss on rows needs rois=(R, 5), one per row, and the batch '
+                             'data samples (the distiller passes both for RoI sources), got '
+                             f'rois {None if rois is None else tuple(rois.shape)} for '
+                             f'{rows.size(0)} rows')
+        self._check_samples(batch_data_samples, len(batch_data_samples))
+
+    def _check_levels(self, feats: List[Tensor], channels: int, side: str) -> None:
         if len(feats) != self.num_levels:
             raise ValueError(f'RRDLoss was built for {self.num_levels} levels, got '
                              f'{len(feats)} {side} levels')
@@ -264,6 +314,10 @@ class RRDLoss(nn.Module):
             if f.dim() != 4 or f.size(1) != channels:
                 raise ValueError(f'RRDLoss level {lvl}: expected {side} (N, {channels}, H, W), '
                                  f'got {tuple(f.shape)}')
+        if self.mode == 'instance' and None in (self.strides, self.finest_scale):
+            raise ValueError("RRDLoss(mode='instance') on feature levels needs strides and "
+                             "finest_scale: the distiller sets them from the student's RoI "
+                             'extractor; give them explicitly when calling the loss standalone')
 
     def _check_samples(self, batch_data_samples: Optional[List[DetDataSample]],
                        num_images: int) -> None:
@@ -280,90 +334,72 @@ class RRDLoss(nn.Module):
                                  f'sample; samples {missing} have none (pass exclude='
                                  f"'self' or 'none' otherwise)")
 
-    def _rois(self, batch_data_samples: Optional[List[DetDataSample]],
-              device: torch.device) -> Optional[Tensor]:
-        return gt_rois(batch_data_samples, device) if self.mode == 'instance' else None
-
-    def _vectors(self, feats: List[Tensor], rois: Optional[Tensor]) -> Tensor:
-        """(N, L * C) per-level global means ('image') or (K, C) box vectors ('instance')."""
-        if rois is None:
-            return torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1)
-        levels = map_boxes_to_levels(rois[:, 1:], self.num_levels, self.finest_scale)
-        return pool_instances(feats, rois, levels, self.strides, self.roi_output_size)
-
-    def _image_ids(self, batch_data_samples: Optional[List[DetDataSample]],
-                   rois: Optional[Tensor], num_images: int, device: torch.device) -> Tensor:
-        """(B, ) image id (metainfo ``img_id``) of each embedding; -1 where unknown."""
-        if batch_data_samples is None or any('img_id' not in s for s in batch_data_samples):
-            ids = torch.full((num_images, ), -1, dtype=torch.long, device=device)
-        else:
-            ids = torch.tensor([int(s.img_id) for s in batch_data_samples], device=device)
-        return ids if rois is None else ids[rois[:, 0].long()]
-
+    # ------------------------------------------------------------ teacher side
     @torch.no_grad()
-    def _teacher_side(self, teacher: List[Tensor], rois: Optional[Tensor],
-                      image_ids: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
-        """Embed the teacher vectors, enqueue those of all ranks, and return the (B, D)
-        embeddings, the (K, D) memory, the (B, K) mask of the entries each embedding
+    def _teacher_side(self, teacher: Tensor, ids: Tensor
+                      ) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+        """Embed the (B, C_t) teacher vectors, enqueue those of all ranks, and return the
+        (B, D) embeddings, the (K, D) memory, the (B, K) mask of the entries each embedding
         relates to (None: all) and the (B, ) slot of each embedding's own entry."""
-        teacher_emb = F.normalize(self.teacher_head(self._vectors(teacher, rois)), dim=1)
+        teacher_emb = F.normalize(self.teacher_head(teacher), dim=1)
         keys, offset = gather_variable_rows(teacher_emb)
-        key_ids, _ = gather_variable_rows(image_ids)
+        key_ids, _ = gather_variable_rows(ids)
         own_slots = enqueue(self.queue, self.queue_ids, self.queue_ptr, self.queue_len, keys,
                             key_ids)[offset:offset + teacher_emb.size(0)]
         size = int(self.queue_len)
-        valid = related_entries(self.queue_ids[:size], image_ids, own_slots, self.exclude)
+        valid = related_entries(self.queue_ids[:size], ids, own_slots, self.exclude)
         return teacher_emb, self.queue[:size], valid, own_slots
 
     @torch.no_grad()
-    def measure_teacher_target(
-            self,
-            teacher_feats: List[Tensor],
-            batch_data_samples: Optional[List[DetDataSample]] = None) -> Dict[str, float]:
-        """Run the teacher side of one step (embeddings, memory update) and return
-        :func:`teacher_target_statistics` of its target; the student is not needed."""
-        self._check_side(teacher_feats, self.teacher_channels, 'teacher')
-        num_images = teacher_feats[0].size(0)
-        self._check_samples(batch_data_samples, num_images)
-        teacher = [f.float() for f in teacher_feats]
-        rois = self._rois(batch_data_samples, teacher[0].device)
-        image_ids = self._image_ids(batch_data_samples, rois, num_images, teacher[0].device)
-        teacher_emb, memory, valid, own_slots = self._teacher_side(teacher, rois, image_ids)
-        return teacher_target_statistics(teacher_emb, memory, self.teacher_tau, valid,
-                                         own_slots)
+    def measure_teacher_target(self, teacher, batch_data_samples=None, rois=None
+                               ) -> Dict[str, object]:
+        """Run the teacher side of one step (embeddings, memory update) on ``teacher``
+        (levels, or (R, D_t) rows with ``rois``); the student is not needed.
 
-    def forward(self,
-                student_feats: List[Tensor],
-                teacher_feats: List[Tensor],
-                batch_data_samples: Optional[List[DetDataSample]] = None) -> Tensor:
+        Returns :func:`teacher_target_statistics` of the target plus ``'target'``
+        (B, K) (the target's weights; 0 for rows that relate to nothing),
+        ``'own_slots'`` (B, ) (where each embedding was written) and
+        ``'selection'`` (the kept row indices or ground-truth RoIs, as in training).
+        """
+        self._check(teacher, self.teacher_channels, 'teacher', batch_data_samples, rois)
+        selection, index = self._selection(teacher, batch_data_samples, rois)
+        ids = image_ids(batch_data_samples, index)
+        emb, memory, valid, own_slots = self._teacher_side(self._vectors(teacher, selection), ids)
+        stats = teacher_target_statistics(emb, memory, self.teacher_tau, valid, own_slots)
+        logits = emb @ memory.t() / self.teacher_tau
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float('-inf'))
+        stats.update(target=torch.nan_to_num(logits.softmax(dim=1)), own_slots=own_slots,
+                     selection=selection)
+        return stats
+
+    def forward(self, student, teacher, batch_data_samples: Optional[List[DetDataSample]] = None,
+                rois: Optional[Tensor] = None) -> Tensor:
         """Weighted RRD loss.
 
         Args:
-            student_feats (List[Tensor]): Student levels, each (N, C_s, H_l, W_l).
-            teacher_feats (List[Tensor]): Teacher levels, each (N, C_t, H_l, W_l).
+            student: (R, D_s) RoI embedding rows, or student levels, each
+                (N, C_s, H_l, W_l).
+            teacher: (R, D_t) rows, or teacher levels (N, C_t, H_l, W_l).
             batch_data_samples (List[DetDataSample], optional): Samples with
-                ``gt_instances.bboxes`` in input-image coordinates (``'instance'``
-                mode) and metainfo ``img_id`` (``exclude='image'``).
+                ``gt_instances`` (boxes in input pixels, labels) and metainfo
+                ``img_id`` (``exclude='image'``).
+            rois (Tensor, optional): (R, 5) RoIs of the rows (RoI rows only).
 
         Returns:
             Tensor: Scalar float32 loss multiplied by ``loss_weight``.
         """
-        self._check_side(student_feats, self.in_channels, 'student')
-        self._check_side(teacher_feats, self.teacher_channels, 'teacher')
-        for lvl, (s, t) in enumerate(zip(student_feats, teacher_feats)):
-            if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-                raise ValueError(f'RRDLoss level {lvl}: student {tuple(s.shape)} and teacher '
-                                 f'{tuple(t.shape)} differ in N, H or W')
-        num_images = student_feats[0].size(0)
-        self._check_samples(batch_data_samples, num_images)
-        with float32_no_autocast(student_feats[0]):
-            student = [f.float() for f in student_feats]
-            teacher = [f.detach().float() for f in teacher_feats]
-            rois = self._rois(batch_data_samples, student[0].device)
-            image_ids = self._image_ids(batch_data_samples, rois, num_images,
-                                        student[0].device)
-            student_emb = F.normalize(self.student_head(self._vectors(student, rois)), dim=1)
-            teacher_emb, memory, valid, _ = self._teacher_side(teacher, rois, image_ids)
+        self._check(student, self.in_channels, 'student', batch_data_samples, rois)
+        self._check(teacher, self.teacher_channels, 'teacher', batch_data_samples, rois)
+        first = student if isinstance(student, Tensor) else student[0]
+        with float32_no_autocast(first):
+            selection, index = self._selection(student, batch_data_samples, rois)
+            ids = image_ids(batch_data_samples, index)
+            student_emb = F.normalize(self.student_head(self._vectors(student, selection)),
+                                      dim=1)
+            t_vec = self._vectors(teacher.detach() if isinstance(teacher, Tensor)
+                                  else [t.detach() for t in teacher], selection)
+            teacher_emb, memory, valid, _ = self._teacher_side(t_vec, ids)
             loss = relational_distribution_loss(student_emb, teacher_emb, memory,
                                                 self.student_tau, self.teacher_tau, valid,
                                                 self.divergence)

@@ -14,6 +14,8 @@ from torch.autograd.function import once_differentiable
 from mmengine.logging import print_log
 
 from mmdet.registry import MODELS
+
+from .receives import Receives
 from .utils import (as_float32_pair, check_feature_pair, check_non_negative,
                     float32_no_autocast)
 
@@ -406,6 +408,8 @@ class SSIMLoss(nn.Module):
         normalize: 'channel', 'image', 'level' or None (inputs already in [0, 1]).
         eps: added to max - min in the normalisation, so constant maps stay finite.
     """
+
+    receives = Receives()  # forward(student, teacher) per level, (N, C, H, W) each
 
     def __init__(self, loss_weight: float = 1.0, window_size: int = 11, sigma: float = 1.5,
                  k1: float = 0.01, k2: float = 0.03, padding: str = 'same',

@@ -6,6 +6,12 @@
   student's RoI head on its own sampled RoIs, against the teacher's RoI head
   evaluated on the same RoIs (teacher features, teacher RoI extractor): row r of
   the student is row r of the teacher.
+- ``'roi_embed'``: the embedding the student's box head classifies, the input of
+  its ``fc_cls`` (the shared-FC output after its activation, (R, D_s)), on the
+  same sampled RoIs, against the teacher box head's (R, D_t) on the same RoIs,
+  captured from the same teacher RoI-head call (no second pass). Needs a
+  ``ConvFCBBoxHead`` with shared FCs (``Shared2FCBBoxHead``,
+  ``Shared4Conv1FCBBoxHead``) on both sides.
 - ``'dense_cls'`` / ``'dense_reg'``: a single-stage head's per-level outputs,
   flattened to one row per prior, (sum_l N * H_l * W_l * A, K) / (..., reg_dim).
 
@@ -17,10 +23,11 @@ import inspect
 from typing import Dict, List, Optional, Sequence, Set
 
 import torch
+from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
 from torch import Tensor, nn
 
 FEATURE_SOURCES = ('neck', 'backbone')
-ROI_SOURCES = ('roi_cls', 'roi_reg')
+ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
 DENSE_SOURCES = ('dense_cls', 'dense_reg')
 SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES
 
@@ -30,7 +37,8 @@ class StudentTaps:
 
     Records (each must be produced exactly once per ``loss()``): ``'neck'`` /
     ``'backbone'`` outputs, ``'rois'`` (the (R, 5) RoIs given to the box RoI
-    extractor), ``'roi'`` (the box head's (cls_score, bbox_pred)), ``'dense'``
+    extractor), ``'roi'`` (the box head's (cls_score, bbox_pred)),
+    ``'roi_embed'`` (the (R, D) input of the box head's ``fc_cls``), ``'dense'``
     (the dense head's per-level outputs).
     """
 
@@ -53,6 +61,9 @@ class StudentTaps:
             self._handles.append(roi_head.bbox_roi_extractor.register_forward_pre_hook(
                 lambda module, args: self._record('rois', args[1])))
             self._hook_output(roi_head.bbox_head, 'roi')
+            if 'roi_embed' in self.sources:
+                self._handles.append(roi_head.bbox_head.fc_cls.register_forward_pre_hook(
+                    lambda module, args: self._record('roi_embed', args[0])))
         if self.sources & set(DENSE_SOURCES):
             self._hook_output(self.student.bbox_head, 'dense')
         return self
@@ -76,10 +87,23 @@ class StudentTaps:
 
 
 @torch.no_grad()
-def teacher_roi_outputs(teacher: nn.Module, feats: Sequence[Tensor], rois: Tensor):
-    """(cls_score, bbox_pred) of the teacher's RoI head on ``rois`` (R, 5)."""
-    results = teacher.roi_head._bbox_forward(tuple(feats), rois)
-    return results['cls_score'], results['bbox_pred']
+def teacher_roi_outputs(teacher: nn.Module, feats: Sequence[Tensor], rois: Tensor,
+                        embed: bool = False):
+    """(cls_score, bbox_pred[, embedding]) of the teacher's RoI head on ``rois`` (R, 5).
+
+    With ``embed``, also the (R, D) input of its ``fc_cls``, recorded by a hook
+    during the same call.
+    """
+    recorded = []
+    handle = teacher.roi_head.bbox_head.fc_cls.register_forward_pre_hook(
+        lambda module, args: recorded.append(args[0])) if embed else None
+    try:
+        results = teacher.roi_head._bbox_forward(tuple(feats), rois)
+    finally:
+        if handle is not None:
+            handle.remove()
+    outputs = (results['cls_score'], results['bbox_pred'])
+    return outputs + (recorded[0], ) if embed else outputs
 
 
 @torch.no_grad()
@@ -119,6 +143,9 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> 
                     'needs the same classes, activation and priors on both sides')
         derived[source] = dict(activation=facts[0]['activation'],
                                num_classes=facts[0]['num_classes'])
+        if source == 'roi_embed':
+            derived[source].update(in_channels=_embedding_channels(heads[0], 'student'),
+                                   teacher_channels=_embedding_channels(heads[1], 'teacher'))
     return derived
 
 
@@ -132,6 +159,18 @@ def _refuse_detr(model: nn.Module, side: str, source: str) -> None:
             "queries of two detectors do not correspond without a matching, which kd_det "
             "does not build. Distil its features instead: source='neck' (the "
             "ChannelMapper levels, paired by stride) or source='backbone'")
+
+
+def _embedding_channels(head: nn.Module, side: str) -> int:
+    """Width of the embedding ``head`` classifies; refuses heads without shared FCs."""
+    if not isinstance(head, ConvFCBBoxHead) or not head.num_shared_fcs \
+            or not isinstance(head.fc_cls, nn.Linear):
+        raise ValueError(
+            f"source 'roi_embed' reads the shared-FC embedding that the box head "
+            f'classifies; the {side} box head {type(head).__name__} has none (it needs a '
+            'ConvFCBBoxHead with num_shared_fcs >= 1, e.g. Shared2FCBBoxHead or '
+            "Shared4Conv1FCBBoxHead). Use source 'roi_cls' for its logits instead")
+    return head.fc_cls.in_features
 
 
 def _prediction_head(model: nn.Module, side: str, kind: str, source: str) -> nn.Module:

@@ -3,7 +3,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import ConvModule
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -12,10 +11,12 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
+from .connectors import build_connectors
 from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, StudentTaps,
                               check_sources, feature_channels, prior_rows, roi_finest_scale,
                               teacher_dense_outputs, teacher_roi_outputs)
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
+from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_sources
 from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
 
@@ -48,9 +49,11 @@ class FeatureDistillDetector(BaseDetector):
         distill_losses: ``{log_name: loss_cfg}``; each ``loss_cfg`` is a
             registered loss plus optional ``source`` (default
             ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'roi_cls'``,
-            ``'roi_reg'``, ``'dense_cls'``, ``'dense_reg'``) and ``levels``
-            (student levels; default every student level with a teacher partner).
-            Log names must start with ``loss_``.
+            ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``),
+            ``levels`` (student levels; default every student level with a
+            teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
+            :mod:`.loss_schedule`). Log names must start with ``loss_`` and
+            differ from the student's own loss names.
         level_pairs: ``[(student_level, teacher_level), ...]`` overriding the
             pairing by equal stride.
         connectors: student-side 1x1 ConvModule adapters to the teacher's
@@ -115,7 +118,7 @@ class FeatureDistillDetector(BaseDetector):
         num_levels = {kind: len(s) if s else None
                       for kind, (s, _) in self.level_strides.items()}
 
-        self.connectors = _build_connectors(connectors, num_levels.get(feature_source))
+        self.connectors = build_connectors(connectors, num_levels.get(feature_source))
         s_channels = feature_channels(student, feature_source)
         t_channels = feature_channels(teacher_cfg, feature_source)
         if connectors is None and feature_source in self.sources \
@@ -186,17 +189,46 @@ class FeatureDistillDetector(BaseDetector):
     # ------------------------------------------------------------ distillation
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict:
         """The student's own losses plus one entry per distillation loss."""
+        factors = self._schedule_factors()
         with StudentTaps(self.student, self.sources) as taps:
             losses = self.student.loss(batch_inputs, batch_data_samples)
+        clash = sorted(set(losses) & set(self.distill_losses))
+        if clash:
+            raise ValueError(f'distill_losses {clash} would replace the student '
+                             f"{type(self.student).__name__}'s own loss(es) of the same name "
+                             f'(its losses: {sorted(losses)}); rename the distillation '
+                             f"entries, e.g. 'loss_kd_{clash[0][len('loss_'):]}'")
+        if not any(factors.values()):  # every loss is off: no teacher pass
+            losses.update({name: self._zero(name) for name in factors})
+            return losses
         student = {key: taps.get(key) for key in self._student_keys()}
         teacher = self.teacher_outputs(batch_inputs, student.get('rois'))
-        losses.update(self.distill_loss(student, teacher, batch_data_samples))
+        losses.update(self.distill_loss(student, teacher, batch_data_samples, factors))
         return losses
+
+    def _schedule_factors(self) -> Dict[str, float]:
+        """``{loss name: weight factor}`` at the training loop's iteration and epoch."""
+        iteration, epoch, max_iters, max_epochs = training_progress()
+        factors = {}
+        for name, entry in self.loss_inputs.items():
+            entry.schedule.check_fits(name, max_iters, max_epochs)
+            factors[name] = entry.schedule.factor(iteration, epoch)
+        return factors
+
+    def _zero(self, name: str) -> Tensor:
+        """0 for a loss that is off, attached to its parameters and the connectors'
+        (DDP then still sees a gradient, zero, for every parameter)."""
+        params = list(self.distill_losses[name].parameters())
+        params += list(self.connectors.parameters()) if self.connectors is not None else []
+        zero = torch.zeros((), device=next(self.student.parameters()).device)
+        return sum((p.view(-1)[0] * 0 for p in params if p.requires_grad), zero)
 
     def _student_keys(self) -> List[str]:
         keys = [s for s in FEATURE_SOURCES if s in self.sources]
         if self.sources & set(ROI_SOURCES):
             keys += ['rois', 'roi']
+        if 'roi_embed' in self.sources:
+            keys.append('roi_embed')
         if self.sources & set(DENSE_SOURCES):
             keys.append('dense')
         return keys
@@ -226,33 +258,46 @@ class FeatureDistillDetector(BaseDetector):
         if features_only:
             return out
         if self.sources & set(ROI_SOURCES):
-            out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois)
+            out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
+                                             embed='roi_embed' in self.sources)
         if self.sources & set(DENSE_SOURCES):
             out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
         return out
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],
-                     batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Every configured loss on its inputs: ``{'neck': [levels], 'roi': (cls, reg), ...}``."""
+                     batch_data_samples: SampleList,
+                     factors: Optional[Dict[str, float]] = None) -> Dict[str, Tensor]:
+        """Every configured loss on its inputs: ``{'neck': [levels], 'roi': (cls, reg), ...}``,
+        times its schedule factor (``factors``; default 1); a loss at factor 0 is not run."""
         terms: List[Tuple[str, str, Tensor]] = []  # (loss name, where, value)
         aligned: Dict[Tuple[str, int], Tensor] = {}
         for name, loss_module in self.distill_losses.items():
-            source, levels, takes_logits = self.loss_inputs[name]
+            factor = 1. if factors is None else factors[name]
+            if factor == 0:
+                terms.append((name, 'off', self._zero(name)))
+                continue
+            source, levels, receives, _ = self.loss_inputs[name]
+            extra = dict(batch_data_samples=batch_data_samples) if receives.data_samples else {}
             if source in FEATURE_SOURCES:
                 pairs = self.level_pairs[source]
                 s_levels = [self._aligned(aligned, student, teacher, source, lvl)
                             for lvl in levels]
                 t_levels = [teacher[source][pairs[lvl]] for lvl in levels]
-                if getattr(loss_module, 'multi_level', False):
-                    terms.append((name, f'levels {levels}',
-                                  loss_module(s_levels, t_levels, batch_data_samples)))
+                if receives.all_levels:
+                    values = [(f'levels {levels}', loss_module(s_levels, t_levels, **extra))]
                 else:
-                    terms += [(name, f'level {lvl}', loss_module(s, t))
+                    values = [(f'level {lvl}', loss_module(s, t, **extra))
                               for lvl, s, t in zip(levels, s_levels, t_levels)]
-                continue
-            s_rows, t_rows, t_logits = self._prediction_rows(source, levels, student, teacher)
-            extra = dict(teacher_logits=t_logits) if takes_logits else {}
-            terms.append((name, source, loss_module(s_rows, t_rows, **extra)))
+            else:
+                s_rows, t_rows, t_logits = self._prediction_rows(source, levels, student,
+                                                                 teacher)
+                if receives.teacher_logits:
+                    extra['teacher_logits'] = t_logits
+                if receives.rois:
+                    extra['rois'] = student['rois']
+                values = [(source, loss_module(s_rows, t_rows, **extra))]
+            terms += [(name, where, value * factor if factor != 1 else value)
+                      for where, value in values]
         return self._sum_terms(terms)
 
     def paired_features(self, student_feats: List[Tensor], teacher_feats: List[Tensor],
@@ -280,6 +325,8 @@ class FeatureDistillDetector(BaseDetector):
 
     def _prediction_rows(self, source: str, levels, student: dict, teacher: dict):
         """(student rows, teacher rows, teacher class-logit rows) of a prediction source."""
+        if source == 'roi_embed':
+            return student['roi_embed'], teacher['roi'][2], teacher['roi'][0]
         index = 0 if source.endswith('_cls') else 1
         if source in ROI_SOURCES:
             return student['roi'][index], teacher['roi'][index], teacher['roi'][0]
@@ -352,26 +399,3 @@ def _strides_if_known(detector: nn.Module, kind: str) -> Optional[list]:
 
 def _uniform(values: List):
     return values[0] if len(set(values)) == 1 else values
-
-
-def _build_connectors(connectors, num_levels: Optional[int]) -> Optional[nn.ModuleList]:
-    if connectors is None:
-        return None
-    if isinstance(connectors, dict):
-        if num_levels is None:
-            raise ValueError('a single connector dict needs student levels whose number '
-                             'is known; give a list with one per level')
-        connectors = [connectors] * num_levels
-    modules = []
-    for i, cfg in enumerate(connectors):
-        if cfg is None:
-            modules.append(None)
-            continue
-        cfg = dict(cfg)
-        unknown = set(cfg) - {'in_channels', 'out_channels', 'norm_cfg', 'act_cfg'}
-        if unknown or not {'in_channels', 'out_channels'} <= set(cfg):
-            raise ValueError(f'connector {i}: expected keys in_channels, out_channels '
-                             f'[, norm_cfg, act_cfg], got {sorted(cfg)}')
-        modules.append(ConvModule(cfg['in_channels'], cfg['out_channels'], 1,
-                                  norm_cfg=cfg.get('norm_cfg'), act_cfg=cfg.get('act_cfg')))
-    return nn.ModuleList(modules)

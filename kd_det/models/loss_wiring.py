@@ -1,11 +1,14 @@
 """Build the configured distillation losses and tell each one what it reads.
 
-Each ``distill_losses`` entry is a registered loss plus ``source`` (see
-:mod:`.distill_sources`) and ``levels`` (student levels, for level sources).
-Options that the models already determine (a loss's ``strides``,
-``finest_scale``, channels, ``activation``, ...) are *derived*: the distiller
-passes them to every loss whose ``__init__`` takes them, and refuses a
-configured value that disagrees instead of keeping two copies that can drift.
+Each ``distill_losses`` entry is a registered loss plus the distiller's keys:
+``source`` (see :mod:`.distill_sources`), ``levels`` (student levels, for level
+sources), ``warmup_iters`` and ``stop_epoch`` (see :mod:`.loss_schedule`).
+How a loss is called is what its class declares in ``receives``
+(:mod:`kd_det.losses.receives`). Options that the models already determine
+(a loss's ``strides``, ``finest_scale``, channels, ``activation``, ...) are
+*derived*: the distiller sets those the class declares in ``receives.derived``,
+and refuses a configured value that disagrees instead of keeping two copies
+that can drift.
 """
 import inspect
 from typing import Dict, List, NamedTuple, Optional, Sequence
@@ -13,14 +16,21 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 from mmdet.registry import MODELS
 from torch import nn
 
+from ..losses.receives import Receives, receives_of
 from .distill_sources import FEATURE_SOURCES, ROI_SOURCES, SOURCES
+from .loss_schedule import LossSchedule
+
+# Entry keys the distiller consumes; the rest configure the loss itself.
+DISTILLER_KEYS = ('source', 'levels', 'warmup_iters', 'stop_epoch')
 
 
-class LossInputs(NamedTuple):
-    """Where a loss reads: its source, its student levels, whether it takes teacher logits."""
+class LossEntry(NamedTuple):
+    """How the distiller runs one loss: its source, student levels (level sources),
+    declared inputs and schedule."""
     source: str
     levels: Optional[List[int]]
-    teacher_logits: bool
+    receives: Receives
+    schedule: LossSchedule
 
 
 def loss_sources(distill_losses: Dict[str, dict], default_source: str) -> Dict[str, str]:
@@ -46,7 +56,7 @@ def loss_sources(distill_losses: Dict[str, dict], default_source: str) -> Dict[s
 def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
                  paired_levels: Dict[str, Sequence[int]], num_levels: Dict[str, Optional[int]],
                  derived: Dict[str, dict]):
-    """``(nn.ModuleDict of losses, {log name: LossInputs})``.
+    """``(nn.ModuleDict of losses, {log name: LossEntry})``.
 
     Args:
         paired_levels: per level source, the student levels that have a teacher
@@ -61,6 +71,8 @@ def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
         source = sources[name]
         cfg.pop('source', None)
         levels = cfg.pop('levels', None)
+        schedule = LossSchedule.from_cfg(name, cfg.pop('warmup_iters', 0),
+                                         cfg.pop('stop_epoch', None))
         if source in ROI_SOURCES:
             if levels is not None:
                 raise ValueError(f'distill_losses[{name!r}]: source {source!r} has no levels '
@@ -75,10 +87,9 @@ def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
         if source in FEATURE_SOURCES:
             facts = {k: v(levels) if callable(v) else v for k, v in facts.items()}
             facts['num_levels'] = len(levels)
-        module = _build_loss(name, cfg, facts)
+        module, receives = _build_loss(name, cfg, facts)
         modules[name] = module
-        takes_logits = 'teacher_logits' in inspect.signature(module.forward).parameters
-        inputs[name] = LossInputs(source, levels, takes_logits)
+        inputs[name] = LossEntry(source, levels, receives, schedule)
     return modules, inputs
 
 
@@ -101,7 +112,8 @@ def _check_levels(name: str, levels, paired: Sequence[int], num_levels: Optional
     return levels
 
 
-def _build_loss(name: str, cfg: dict, facts: dict) -> nn.Module:
+def _build_loss(name: str, cfg: dict, facts: dict):
+    """``(loss module, its Receives)``: ``cfg`` built with the derived options it declares."""
     loss_cls = MODELS.get(cfg['type'])
     if loss_cls is None:
         from .. import losses as kd_losses
@@ -109,22 +121,30 @@ def _build_loss(name: str, cfg: dict, facts: dict) -> nn.Module:
                           if isinstance(obj, type) and issubclass(obj, nn.Module))
         raise KeyError(f'distill_losses[{name!r}]: unknown type {cfg["type"]!r}; kd_det '
                        f'provides {provided}')
-    params = inspect.signature(loss_cls.__init__).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = set(cfg) - {'type'} - set(params)
-    if unknown and not accepts_any:
-        valid = [p for p in params if p not in ('self', 'args', 'kwargs')]
-        raise KeyError(f'distill_losses[{name!r}]: {cfg["type"]} has no option(s) '
-                       f'{sorted(unknown)}; valid: {valid + ["levels", "source"]}')
-    for key, value in facts.items():
-        if key not in params or value is None:
+    receives = receives_of(loss_cls)
+    for key in receives.derived:
+        value = facts.get(key)
+        if value is None:
             continue
         if key in cfg and not _same(cfg[key], value):
             raise ValueError(
                 f'distill_losses[{name!r}]: {key}={cfg[key]!r} disagrees with the models, '
                 f'which give {key}={value!r}; leave {key} out and the distiller sets it')
         cfg[key] = value
-    return MODELS.build(cfg)
+    try:
+        return MODELS.build(cfg), receives
+    except TypeError as err:
+        unknown = sorted(set(cfg) - {'type'} - set(_options(loss_cls)))
+        if not unknown:
+            raise
+        raise KeyError(f'distill_losses[{name!r}]: {cfg["type"]} has no option(s) {unknown}; '
+                       f'valid: {_options(loss_cls) + list(DISTILLER_KEYS)}') from err
+
+
+def _options(loss_cls: type) -> List[str]:
+    """The loss's own options, for the error that lists them (not used to wire inputs)."""
+    return [p for p in inspect.signature(loss_cls.__init__).parameters
+            if p not in ('self', 'args', 'kwargs')]
 
 
 def _same(given, derived) -> bool:

@@ -1,18 +1,39 @@
-"""Ground-truth box levels against mmdet's own RoI extractor."""
-import pytest
+"""Boxes of a batch as RoIs, and the class of sampled RoIs."""
 import torch
-from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import HorizontalBoxes
+from mmengine.structures import InstanceData
 
-from kd_det.losses.gt_boxes import map_boxes_to_levels
+from kd_det.losses.gt_boxes import gt_rois, image_ids, roi_labels
 
 
-@pytest.mark.parametrize('finest_scale, num_levels', [(56., 5), (56., 4), (28., 4)])
-def test_levels_match_mmdets_roi_extractor(finest_scale, num_levels):
-    sides = torch.tensor([8., 16., 55., 56., 57., 111., 112., 224., 448., 2000.])
-    boxes = torch.stack([torch.zeros(10), torch.zeros(10), sides, sides * 0.5 + 1], dim=1)
-    extractor = SingleRoIExtractor(
-        roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0), out_channels=4,
-        featmap_strides=[4, 8, 16, 32][:num_levels], finest_scale=finest_scale)
-    rois = torch.cat([torch.zeros(10, 1), boxes], dim=1)
-    expected = extractor.map_roi_levels(rois, num_levels)
-    assert map_boxes_to_levels(boxes, num_levels, finest_scale).tolist() == expected.tolist()
+def _samples():
+    samples = []
+    for i, (boxes, labels) in enumerate([([[0., 0., 10., 10.], [5., 5., 25., 15.]], [1, 2]),
+                                         ([], []), ([[2., 3., 4., 5.]], [0])]):
+        sample = DetDataSample(metainfo=dict(img_id=100 + i))
+        sample.gt_instances = InstanceData(
+            bboxes=HorizontalBoxes(torch.tensor(boxes).reshape(-1, 4)),
+            labels=torch.tensor(labels, dtype=torch.long))
+        samples.append(sample)
+    return samples
+
+
+def test_gt_rois_index_each_box_by_its_image():
+    rois = gt_rois(_samples(), torch.device('cpu'))
+    assert rois.tolist() == [[0., 0., 0., 10., 10.], [0., 5., 5., 25., 15.],
+                             [2., 2., 3., 4., 5.]]
+    assert image_ids(_samples(), rois[:, 0].long()).tolist() == [100, 100, 102]
+    assert image_ids(None, rois[:, 0].long()).tolist() == [-1, -1, -1]
+
+
+def test_roi_labels_by_best_iou_against_the_boxes_of_the_same_image():
+    rois = torch.tensor([
+        [0, 0., 0., 10., 10.],     # IoU 1 with class 1
+        [0, 0., 0., 10., 20.],     # IoU 0.5 with class 1: positive at 0.5
+        [0, 5., 5., 25., 16.],     # best: class 2 (IoU 200 / 220)
+        [1, 0., 0., 10., 10.],     # image 1 has no box
+        [2, 0., 0., 10., 10.],     # IoU 4 / 100 with class 0
+        [2, 2., 3., 4., 5.]])      # exact box of image 2, class 0
+    assert roi_labels(rois, _samples(), 0.5).tolist() == [1, 1, 2, -1, -1, 0]
+    assert roi_labels(rois, _samples(), 0.6).tolist() == [1, -1, 2, -1, -1, 0]

@@ -71,7 +71,7 @@ def _embeddings(loss, s, t):
 
 def test_official_options_match_reference_formula_and_queue_order():
     torch.manual_seed(0)
-    loss = RRDLoss(in_channels=4, teacher_channels=6, num_levels=2, embed_dim=5,
+    loss = RRDLoss(mode='image', in_channels=4, teacher_channels=6, num_levels=2, embed_dim=5,
                    queue_size=8, loss_weight=2.0, **OFFICIAL)
     history = []
     for step in range(4):  # 4 x 3 embeddings through a queue of 8: wraps around
@@ -92,7 +92,7 @@ def test_exclusion_matches_reference(exclude):
     """Each row relates to the memory less its own entry ('self') or less every entry of
     its image, this step's and earlier steps' ('image'); KL = cross-entropy - entropy."""
     torch.manual_seed(0)
-    loss = RRDLoss(in_channels=4, teacher_channels=6, num_levels=2, embed_dim=5,
+    loss = RRDLoss(mode='image', in_channels=4, teacher_channels=6, num_levels=2, embed_dim=5,
                    queue_size=8, teacher_tau=0.5, exclude=exclude)
     history, ids = [], []
     for step, step_ids in enumerate([[0, 1, 2], [3, 0, 4], [1, 5, 6], [7, 0, 2]]):
@@ -156,7 +156,7 @@ def test_exclusion_spreads_the_teacher_target(exclude):
     """Official ('none'): the target is (almost) one-hot on each embedding's own entry;
     leaving it out spreads the target over similar entries of other images."""
     torch.manual_seed(0)
-    loss = RRDLoss(in_channels=8, teacher_channels=8, num_levels=1, embed_dim=8,
+    loss = RRDLoss(mode='image', in_channels=8, teacher_channels=8, num_levels=1, embed_dim=8,
                    queue_size=64, teacher_tau=0.05, exclude=exclude)
     _fill(loss)
     stats = loss.measure_teacher_target(_clustered_images(4),
@@ -173,11 +173,11 @@ def test_image_exclusion_leaves_out_copies_from_earlier_steps(exclude):
     """An image seen again (a later epoch): its identical earlier copy takes the target
     unless whole images are excluded."""
     torch.manual_seed(0)
-    loss = RRDLoss(in_channels=8, teacher_channels=8, num_levels=1, embed_dim=8,
+    loss = RRDLoss(mode='image', in_channels=8, teacher_channels=8, num_levels=1, embed_dim=8,
                    queue_size=64, teacher_tau=0.02, exclude=exclude)
     _fill(loss)  # step 0 wrote images 0..3 into slots 0..3
     teacher_emb, memory, valid, _ = loss._teacher_side(
-        _clustered_images(0), None, torch.arange(4))
+        loss._vectors(_clustered_images(0), None), torch.arange(4))
     on_copy = teacher_target_statistics(teacher_emb, memory, 0.02, valid,
                                         own_slots=torch.arange(4))['self_weight']
     expected = dict(none=0.5, self=1., image=0.)[exclude]  # 'none': shared with itself
@@ -196,7 +196,7 @@ def test_teacher_target_statistics():
 
 
 def test_first_step_without_other_images_gives_attached_zero():
-    loss = RRDLoss(in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
+    loss = RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
     s = _feats(2, 4, (4, 2), requires_grad=True, seed=0)
     out = loss(s, _feats(2, 4, (4, 2), seed=1), _samples([[], []], [7, 7]))
     out.backward()
@@ -208,7 +208,7 @@ def test_first_step_without_other_images_gives_attached_zero():
 
 def test_state_dict_round_trip_restores_queue():
     torch.manual_seed(0)
-    kwargs = dict(in_channels=4, teacher_channels=4, num_levels=2, queue_size=16)
+    kwargs = dict(mode='image', in_channels=4, teacher_channels=4, num_levels=2, queue_size=16)
     loss = RRDLoss(**kwargs)
     for step in range(3):
         loss(_feats(4, 4, (4, 2), seed=step), _feats(4, 4, (4, 2), seed=10 + step),
@@ -251,10 +251,10 @@ def test_gradients_reach_student_and_head_not_teacher(mode, exclude):
 
 def test_float32_under_bf16_autocast():
     torch.manual_seed(0)
-    loss = RRDLoss(in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
+    loss = RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
     s = [x.bfloat16() for x in _feats(2, 4, (4, 2), seed=0)]
     t = [x.bfloat16() for x in _feats(2, 4, (4, 2), seed=1)]
-    reference = RRDLoss(in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
+    reference = RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=2, queue_size=8)
     reference.load_state_dict(loss.state_dict())
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = loss(s, t, _samples([[], []]))
@@ -273,11 +273,11 @@ def test_instance_vectors_pool_the_assigned_level_of_the_right_image():
                         [[4., 4., 124., 124.], [0., 0., 250., 250.]]])
     # The pipeline's box type (HorizontalBoxes) works as well as a tensor.
     samples[2].gt_instances.bboxes = HorizontalBoxes(samples[2].gt_instances.bboxes)
-    vectors = loss._vectors(feats, loss._rois(samples, torch.device('cpu')))
+    selection, image_index = loss._selection(feats, samples, None)
+    vectors = loss._vectors(feats, selection)
     # Levels 1, 0 of image 0, then levels 1, 2 of image 2 (image 1 has no boxes).
     assert torch.allclose(vectors[:, 0], torch.tensor([10., 0., 12., 22.]))
-    assert loss._image_ids(samples, loss._rois(samples, torch.device('cpu')), 3,
-                           torch.device('cpu')).tolist() == [0, 0, 2, 2]
+    assert image_index.tolist() == [0, 0, 2, 2]
 
 
 def test_instance_mode_without_boxes():
@@ -304,24 +304,26 @@ def test_rejects_bad_arguments():
         RRDLoss(exclude='others')
     with pytest.raises(ValueError, match="'mse'"):
         RRDLoss(divergence='mse')
-    with pytest.raises(ValueError, match='needs finest_scale: the distiller sets it'):
-        RRDLoss(num_levels=2, mode='instance', strides=(4, 8))
-    with pytest.raises(ValueError, match='needs strides'):
-        RRDLoss(num_levels=2, mode='instance', finest_scale=56.)
+    with pytest.raises(ValueError, match='needs strides and finest_scale: the distiller'):
+        RRDLoss(in_channels=4, teacher_channels=4, num_levels=1, mode='instance',
+                strides=(4, ))(_feats(1, 4, (4, )), _feats(1, 4, (4, )), _samples([[]]))
+    with pytest.raises(ValueError, match='needs strides and finest_scale'):
+        RRDLoss(in_channels=4, teacher_channels=4, num_levels=1, mode='instance',
+                finest_scale=56.)(_feats(1, 4, (4, )), _feats(1, 4, (4, )), _samples([[]]))
     with pytest.raises(ValueError, match=r'3 strides \(4, 8, 16\) for 2 levels'):
-        RRDLoss(num_levels=2, strides=(4, 8, 16))
+        RRDLoss(num_levels=2, strides=(4, 8, 16), finest_scale=56.)
     with pytest.raises(ValueError, match='levels'):
-        RRDLoss(in_channels=4, teacher_channels=4, num_levels=2)(
+        RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=2)(
             _feats(1, 4, (4, )), _feats(1, 4, (4, )))
     with pytest.raises(ValueError, match='data sample'):
         RRDLoss(in_channels=4, teacher_channels=4, num_levels=1, mode='instance',
                 strides=(4, ), finest_scale=56.)(_feats(1, 4, (4, )), _feats(1, 4, (4, )))
     no_id = [DetDataSample()]
     with pytest.raises(ValueError, match='img_id'):
-        RRDLoss(in_channels=4, teacher_channels=4, num_levels=1)(
+        RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=1)(
             _feats(1, 4, (4, )), _feats(1, 4, (4, )), no_id)
     # without image ids, the other exclusions work
-    out = RRDLoss(in_channels=4, teacher_channels=4, num_levels=1, exclude='self')(
+    out = RRDLoss(mode='image', in_channels=4, teacher_channels=4, num_levels=1, exclude='self')(
         _feats(2, 4, (4, )), _feats(2, 4, (4, )))
     assert torch.isfinite(out)
 

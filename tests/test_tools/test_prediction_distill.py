@@ -74,12 +74,13 @@ def train_and_check(tmp_path, student_base, teacher_base, losses, logged):
     return out.stdout + out.stderr
 
 
-def test_faster_rcnn_with_whole_unikd(tmp_path):
+def test_faster_rcnn_with_whole_unikd_and_rrd_on_roi_embeddings(tmp_path):
     losses = '''dict(
-        loss_unikd=dict(type='UniKDLoss', fused_channels=32, embed_dim=16),
-        loss_unikd_logits=dict(type='LogitKDLoss', source='roi_cls', temperature=4.0))'''
+        loss_unikd=dict(type='UniKDLoss', source='roi_embed', warmup_iters=2),
+        loss_unikd_logits=dict(type='LogitKDLoss', source='roi_cls', temperature=4.0),
+        loss_rrd=dict(type='RRDLoss', source='roi_embed', queue_size=256))'''
     train_and_check(tmp_path, FASTER_STUDENT, DEMO_TEACHER, losses,
-                    ['loss_unikd', 'loss_unikd_logits', 'loss_cls'])
+                    ['loss_unikd', 'loss_unikd_logits', 'loss_rrd', 'loss_cls'])
 
 
 def test_retinanet_with_sigmoid_logit_kd(tmp_path):
