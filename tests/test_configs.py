@@ -228,3 +228,7 @@ def test_rtmdet_configs_keep_the_students_recipe_hooks(path):
     assert ours['PipelineSwitchHook'] == theirs['PipelineSwitchHook']
     assert _unscoped(cfg.train_dataloader.dataset.pipeline) == \
         _unscoped(recipe.train_dataloader.dataset.pipeline)
+    # distillation stops where the strong augmentation stops, as MMYOLO's recipe
+    switch = theirs['PipelineSwitchHook']['switch_epoch']
+    for name, loss in cfg.model.distill_losses.items():
+        assert loss.get('stop_epoch') == switch, (name, loss.get('stop_epoch'), switch)

@@ -20,9 +20,9 @@ model = dict(
     connectors=dict(in_channels=128, out_channels=320,
                     norm_cfg=dict(type='BN', affine=False, track_running_stats=False)),
     distill_losses=dict(
-        loss_cwd=dict(type='CWDLoss', tau=1.0, loss_weight=1.0),
+        loss_cwd=dict(type='CWDLoss', tau=1.0, loss_weight=1.0, stop_epoch=stop_epoch),
         loss_kd_cls=dict(type='LogitKDLoss', source='dense_cls', temperature=1.0,
-                         loss_weight=1.0)))
+                         loss_weight=1.0, stop_epoch=stop_epoch)))
 # mmdet's RTMDet hooks (EMA, pipeline switch) kept, the teacher check added.
 custom_hooks = [
     dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True,

@@ -30,9 +30,10 @@ def build(student_cfg, teacher_cfg, ckpt, losses, **kwargs):
                              distill_losses=losses, **kwargs))
 
 
-@pytest.mark.parametrize('source', ['dense_cls', 'dense_reg', 'roi_cls', 'roi_reg'])
+@pytest.mark.parametrize('source', ['dense_cls', 'dense_reg', 'roi_cls', 'roi_reg', 'roi_embed'])
 def test_detr_student_refuses_prediction_sources(teachers, source):
-    losses = dict(loss_kd=dict(type='LogitKDLoss', source=source))
+    loss = 'RRDLoss' if source == 'roi_embed' else 'LogitKDLoss'
+    losses = dict(loss_kd=dict(type=loss, source=source))
     with pytest.raises(ValueError) as err:
         build(DINO4, DINO5, teachers[DINO5], losses)
     message = str(err.value)

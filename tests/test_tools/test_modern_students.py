@@ -38,6 +38,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 default_hooks = dict(logger=dict(interval=1))
+log_processor = dict(window_size=1)  # log each iteration's values, not running means
 randomness = dict(seed=0)
 '''
 
@@ -88,15 +89,16 @@ def check_export_and_test(run, ckpt_path, tmp_path):
 # ------------------------------------------------------------------------------- RTMDet
 @pytest.fixture(scope='module')
 def rtmdet(shapes, tmp_path_factory):
-    """Two epochs by tools/train.py, then a resume by tools/train.py into the third, where
-    the pipeline switches (switch_epoch 2, 0-based)."""
+    """Three epochs by tools/train.py, then a resume by tools/train.py into the fourth and
+    last, where the pipeline switches and distillation stops (switch_epoch = stop_epoch = 3,
+    0-based)."""
     run = family(str(tmp_path_factory.mktemp('rtmdet')), shapes, RTMDET)
     first = run_tool('tools/train.py', run['distill'], '--work-dir', run['work'],
-                     '--cfg-options', 'train_cfg.max_epochs=2')
+                     '--cfg-options', 'train_cfg.max_epochs=3')
     # kept aside: the checkpoint hook keeps the newest ones only
-    run['epoch_2_path'] = shutil.copy(osp.join(run['work'], 'epoch_2.pth'),
-                                      osp.join(run['work'], '..', 'epoch_2.pth'))
-    run['epoch_2'] = torch.load(run['epoch_2_path'])
+    run['epoch_3_path'] = shutil.copy(osp.join(run['work'], 'epoch_3.pth'),
+                                      osp.join(run['work'], '..', 'epoch_3.pth'))
+    run['epoch_3'] = torch.load(run['epoch_3_path'])
     second = run_tool('tools/train.py', run['distill'], '--work-dir', run['work'], '--resume')
     run['logs'] = (first.stdout + first.stderr, second.stdout + second.stderr)
     return run
@@ -105,14 +107,31 @@ def rtmdet(shapes, tmp_path_factory):
 def test_rtmdet_pipeline_switches_after_resume(rtmdet):
     first, second = rtmdet['logs']
     assert 'Switch pipeline now!' not in first
-    assert 'resumed epoch: 2, iter: 4' in second
+    assert 'resumed epoch: 3, iter: 6' in second
     assert 'Switch pipeline now!' in second
-    ckpt = torch.load(osp.join(rtmdet['work'], 'epoch_3.pth'))
-    assert ckpt['meta']['epoch'] == 3 and ckpt['meta']['iter'] == 6
+    ckpt = torch.load(osp.join(rtmdet['work'], 'epoch_4.pth'))
+    assert ckpt['meta']['epoch'] == 4 and ckpt['meta']['iter'] == 8
+
+
+def test_rtmdet_distillation_stops_at_the_switch_epoch(rtmdet):
+    """The losses act in epochs 0-2 and are 0 in epoch 3, the resumed run's."""
+    runs = sorted(glob.glob(osp.join(rtmdet['work'], '*', 'vis_data', 'scalars.json')))
+    assert len(runs) == 2
+    logged = []
+    for path in runs:
+        with open(path) as f:
+            logged.append([json.loads(line) for line in f if '"loss_cwd"' in line])
+    before, after = logged
+    assert [e['iter'] for e in before] == [1, 2, 3, 4, 5, 6]
+    assert [e['iter'] for e in after] == [7, 8]
+    for name in ('loss_cwd', 'loss_kd_cls'):
+        assert all(e[name] > 0 for e in before), name
+        assert all(e[name] == 0 for e in after), name
+    assert all(e['loss_cls'] > 0 for e in after)  # the student trains on
 
 
 def test_rtmdet_ema_averages_the_student_never_the_teacher(rtmdet):
-    ckpt = rtmdet['epoch_2']
+    ckpt = rtmdet['epoch_3']
     state, ema_state = ckpt['state_dict'], ckpt['ema_state_dict']
     # mmengine's EMAHook saves the averaged weights as `state_dict` and the raw ones,
     # prefixed `module.`, as `ema_state_dict`: exactly the distiller's own entries
@@ -120,21 +139,21 @@ def test_rtmdet_ema_averages_the_student_never_the_teacher(rtmdet):
     assert not any(k.startswith(('teacher', 'module.teacher')) for k in state)
     assert any(k.startswith('student.') for k in state)
     assert any(k.startswith('connectors.') for k in state)
-    assert int(ema_state['steps']) == 4
+    assert int(ema_state['steps']) == 6
 
 
 def test_rtmdet_resume_is_exact(rtmdet):
     """The resumed model holds the raw weights, its EMA the averaged ones, both as saved."""
     cfg = Config.fromfile(rtmdet['distill'])
     cfg.work_dir = rtmdet['work']
-    cfg.resume, cfg.load_from = True, rtmdet['epoch_2_path']
+    cfg.resume, cfg.load_from = True, rtmdet['epoch_3_path']
     runner = Runner.from_cfg(cfg)
     runner._train_loop = runner.build_train_loop(runner._train_loop)
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
     runner.call_hook('before_run')  # the EMAHook builds its averaged copy here
     runner.load_or_resume()
-    saved = rtmdet['epoch_2']
+    saved = rtmdet['epoch_3']
     raw = {k[len('module.'):]: v for k, v in saved['ema_state_dict'].items()
            if k.startswith('module.')}
     state = runner.model.state_dict()
@@ -148,14 +167,14 @@ def test_rtmdet_resume_is_exact(rtmdet):
     assert not any('teacher' in k for k in ema_hook.ema_model.avg_parameters)
     teacher_ids = {id(p) for p in runner.model.teacher.parameters()}
     assert not teacher_ids & {id(p) for p in ema_hook.ema_model.avg_parameters.values()}
-    assert runner.iter == 4 and runner.epoch == 2
+    assert runner.iter == 6 and runner.epoch == 3
     opt_state = runner.optim_wrapper.state_dict()['state']
     for idx, param_state in saved['optimizer']['state'].items():
         torch.testing.assert_close(opt_state[idx]['exp_avg'], param_state['exp_avg'])
 
 
 def test_rtmdet_exported_student_is_the_ema_student(rtmdet, tmp_path):
-    path = osp.join(rtmdet['work'], 'epoch_3.pth')
+    path = osp.join(rtmdet['work'], 'epoch_4.pth')
     ckpt = torch.load(path)
     exported = check_export_and_test(rtmdet, path, tmp_path)
     averaged = {k[len('student.'):]: v for k, v in ckpt['state_dict'].items()
@@ -176,6 +195,8 @@ def test_rtmdet_teacher_sees_the_augmented_batch(shapes, tmp_path):
     cfg = Config.fromfile(run['distill'])
     cfg.work_dir = run['work']
     cfg.train_cfg.max_epochs = 1
+    for loss in cfg.model.distill_losses.values():
+        loss.stop_epoch = 1  # distil in the one epoch
     cfg.visualizer.name = f'visualizer_{osp.basename(str(tmp_path))}'
     runner = Runner.from_cfg(cfg)
     seen = {}
@@ -246,6 +267,11 @@ COCO80 = {
 }
 
 
+# one epoch here: RTMDet's losses, which stop at the pipeline switch, act in that epoch
+STOP_AFTER_ONE_EPOCH = ("model.update(distill_losses=dict(loss_cwd=dict(stop_epoch=1), "
+                        "loss_kd_cls=dict(stop_epoch=1)))\n")
+
+
 @needs_coco128
 @pytest.mark.parametrize('name', sorted(COCO80))
 def test_family_on_coco128(name, tmp_path):
@@ -258,7 +284,8 @@ def test_family_on_coco128(name, tmp_path):
     data = COCO128_DATA.format(coco128=COCO128, epochs=1)
     distill = write_config(d, 'distill.py', f"_base_ = {osp.join(DEMO, names['distill'])!r}\n"
                            + data + f'model = dict(teacher_config={teacher!r}, '
-                           f'teacher_ckpt={ckpt!r}, student=dict({COCO80[name]}))\n')
+                           f'teacher_ckpt={ckpt!r}, student=dict({COCO80[name]}))\n'
+                           + (STOP_AFTER_ONE_EPOCH if name == 'rtmdet' else ''))
     student = write_config(d, 'student.py', f"_base_ = {osp.join(DEMO, names['student'])!r}\n"
                            + data + f'model = dict({COCO80[name]})\n')
     work = osp.join(d, 'work')
