@@ -46,13 +46,24 @@ REQUIRED = [
     'demo/kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'demo/unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'demo/ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    # issue 24: modern students (RTMDet with EMA and a pipeline switch, DINO)
+    'rtmdet/cwd-kd_rtmdet_x-to-s_300e_coco.py',
+    'rtmdet/cwd-kd_rtmdet_x-to-tiny_300e_coco.py',
+    'rtmdet/cwd-kd_rtmdet_l-to-s_300e_coco.py',
+    'dino/pkd_dino-5scale_swin-l-to-4scale_r50_12e_coco.py',
+    'dino/pkd_dino-4scale_r50-to-faster-rcnn_r50_fpn_1x_coco.py',
+    'demo_modern/cwd-kd_rtmdet_micro-to-nano_shapes.py',
+    'demo_modern/pkd_dino-5scale-to-4scale_shapes.py',
 ]
+# Hooks a distillation config may keep from its student's mmdet recipe (RTMDet's).
+RECIPE_HOOKS = ('EMAHook', 'PipelineSwitchHook')
 # Distillation sources that have no feature levels (one tensor per sampled RoI).
 ROI_SOURCES = ('roi_cls', 'roi_reg')
 
 
 def _is_demo(path: str) -> bool:
-    return 'configs/demo' in path.replace(osp.sep, '/')
+    return path.replace(osp.sep, '/').split('configs/')[-1].split('/')[0] in ('demo',
+                                                                            'demo_modern')
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +94,9 @@ def read_config(path: str) -> Config:
 
 
 def level_strides(model_cfg):
-    """Strides of a detector's neck levels, from its RPN/dense head's anchor generator."""
+    """Strides of a detector's neck levels, from its RPN/dense head's anchor generator, or
+    for a DETR's ChannelMapper from the backbone's out_indices (stage i: stride 4 * 2^i, for
+    ResNet and Swin alike) and one halving per extra level."""
     for head in ('rpn_head', 'bbox_head'):
         head_cfg = model_cfg.get(head)
         if not isinstance(head_cfg, dict):
@@ -91,6 +104,12 @@ def level_strides(model_cfg):
         generator = head_cfg.get('anchor_generator') or head_cfg.get('prior_generator')
         if generator and 'strides' in generator:
             return [s if isinstance(s, int) else s[0] for s in generator['strides']]
+    neck = model_cfg.get('neck')
+    if isinstance(neck, dict) and neck.get('type') == 'ChannelMapper':
+        strides = [4 * 2**i for i in model_cfg.backbone.out_indices]
+        for _ in range(neck.get('num_outs', len(strides)) - len(strides)):
+            strides.append(strides[-1] * 2)
+        return strides
     return None
 
 
@@ -193,9 +212,48 @@ def test_config_loads_and_builds(path):
             assert url in listed, (
                 f'{url} is not a checkpoint mmdet\'s metafile lists for {key}: {listed}')
         assert cfg.custom_hooks
-        for hook in cfg.custom_hooks:
-            assert hook.type == 'TeacherCheckHook'
+        hooks = [hook.type for hook in cfg.custom_hooks]
+        assert 'TeacherCheckHook' in hooks, hooks
+        assert set(hooks) <= {'TeacherCheckHook', *RECIPE_HOOKS}, hooks
     model = build_on_meta(model_cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
     if model_cfg.type == 'FeatureDistillDetector':
         assert set(model.distill_losses) == set(model_cfg.distill_losses)
+
+
+def _student_recipe(path):
+    """The config a distillation config's ``_base_`` names (its student's own recipe)."""
+    with open(path) as f:
+        first = next(line for line in f if line.startswith('_base_'))
+    name = first.split('=', 1)[1].strip().strip('\'"')
+    return load_config(name if '::' in name else osp.join(osp.dirname(path), name))
+
+
+def _unscoped(cfg):
+    """A config value without the ``_scope_`` keys mmengine adds to package-path bases."""
+    if isinstance(cfg, dict):
+        return {k: _unscoped(v) for k, v in cfg.items() if k != '_scope_'}
+    if isinstance(cfg, (list, tuple)):
+        return [_unscoped(v) for v in cfg]
+    return cfg
+
+
+RECIPE_CONFIGS = [c for c in RUNNABLE if osp.basename(osp.dirname(c)) in ('rtmdet', 'demo_modern')
+                  and 'rtmdet' in osp.basename(c) and not osp.basename(c).startswith('rtmdet')]
+
+
+@pytest.mark.parametrize('path', RECIPE_CONFIGS, ids=lambda p: osp.relpath(p, REPO))
+def test_rtmdet_configs_keep_the_students_recipe_hooks(path):
+    """EMA and the pipeline switch as the student's own RTMDet recipe has them."""
+    cfg, recipe = Config.fromfile(path), _student_recipe(path)
+    ours = {h.type: _unscoped(h) for h in cfg.custom_hooks}
+    theirs = {h.type: _unscoped(h) for h in recipe.custom_hooks}
+    assert set(RECIPE_HOOKS) <= set(theirs) and set(RECIPE_HOOKS) <= set(ours)
+    assert ours['EMAHook'] == theirs['EMAHook']
+    assert ours['PipelineSwitchHook'] == theirs['PipelineSwitchHook']
+    assert _unscoped(cfg.train_dataloader.dataset.pipeline) == \
+        _unscoped(recipe.train_dataloader.dataset.pipeline)
+    # distillation stops where the strong augmentation stops, as MMYOLO's recipe
+    switch = theirs['PipelineSwitchHook']['switch_epoch']
+    for name, loss in cfg.model.distill_losses.items():
+        assert loss.get('stop_epoch') == switch, (name, loss.get('stop_epoch'), switch)

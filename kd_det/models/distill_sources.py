@@ -149,6 +149,18 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> 
     return derived
 
 
+def _refuse_detr(model: nn.Module, side: str, source: str) -> None:
+    """A DETR-family model has no per-location or per-RoI predictions to pair: refuse it."""
+    from mmdet.models.detectors import DetectionTransformer
+    if isinstance(model, DetectionTransformer):
+        raise ValueError(
+            f'source {source!r}: the {side} {type(model).__name__} is a DETR-family '
+            'detector; its predictions are per query, not per location or RoI, and the '
+            "queries of two detectors do not correspond without a matching, which kd_det "
+            "does not build. Distil its features instead: source='neck' (the "
+            "ChannelMapper levels, paired by stride) or source='backbone'")
+
+
 def _embedding_channels(head: nn.Module, side: str) -> int:
     """Width of the embedding ``head`` classifies; refuses heads without shared FCs."""
     if not isinstance(head, ConvFCBBoxHead) or not head.num_shared_fcs \
@@ -162,6 +174,7 @@ def _embedding_channels(head: nn.Module, side: str) -> int:
 
 
 def _prediction_head(model: nn.Module, side: str, kind: str, source: str) -> nn.Module:
+    _refuse_detr(model, side, source)
     if kind == 'roi':
         roi_head = getattr(model, 'roi_head', None)
         if roi_head is None:

@@ -110,3 +110,32 @@ def test_user_config_trains_and_exports_from_an_empty_folder(venv_python, tmp_pa
     out = run([venv_python, '-m', 'kd_det.export', 'work/epoch_1.pth', 'student.pth'],
               cwd=user).stdout
     assert 'student tensors' in out and osp.isfile(osp.join(user, 'student.pth'))
+
+
+# A user's own RTMDet / DINO distillation: the CPU-sized recipes of kd_det::demo_modern with
+# their own teacher checkpoint, on the shapes the installed kd_det generates in the folder.
+MODERN = {
+    'rtmdet': ('cwd-kd_rtmdet_micro-to-nano_shapes.py', 'rtmdet_micro_shapes.py'),
+    'dino': ('pkd_dino-5scale-to-4scale_shapes.py', 'dino-5scale_r34-half_shapes.py'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', sorted(MODERN))
+def test_user_modern_config_trains_from_an_empty_folder(venv_python, tmp_path, family):
+    user = str(tmp_path)
+    distill, teacher = MODERN[family]
+    save_random_teacher(osp.join(user, 'teacher.pth'),
+                        osp.join(REPO, 'configs', 'demo_modern', teacher))
+    with open(osp.join(user, 'mine.py'), 'w') as f:
+        f.write(f"_base_ = 'kd_det::demo_modern/{distill}'\n"
+                "model = dict(teacher_ckpt='teacher.pth')\n"
+                'train_dataloader = dict(batch_size=8)\n')
+    run([venv_python, '-m', 'kd_det.demo.synthetic_coco', 'data/kd_det_shapes',
+         '--num-train', '8', '--num-val', '4', '--num-tune', '1', '--size', '128', '128'],
+        cwd=user)
+    # the config's default data_root, data/kd_det_shapes/, relative to the user's folder;
+    # its 4 epochs of one 8-image batch (RTMDet: the last one plain, undistilled)
+    run([venv_python, '-m', 'kd_det.train', 'mine.py', '--work-dir', 'work'], cwd=user)
+    run([venv_python, '-m', 'kd_det.export', 'work/epoch_4.pth', 'student.pth'], cwd=user)
+    assert osp.isfile(osp.join(user, 'student.pth'))

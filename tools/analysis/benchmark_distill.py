@@ -78,7 +78,7 @@ def shipped_configs() -> List[List[str]]:
     model and losses (the teacher weights aside: the benchmark's are random)."""
     groups: Dict[str, List[str]] = {}
     for path in sorted(glob.glob(osp.join(REPO, 'configs', '*', '*.py'))):
-        if osp.basename(osp.dirname(path)) in ('_base_', 'demo'):
+        if osp.basename(osp.dirname(path)) in ('_base_', 'demo', 'demo_modern'):
             continue
         model = Config.fromfile(path).model.to_dict()
         if model.get('type') == 'FeatureDistillDetector':
