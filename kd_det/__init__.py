@@ -4,7 +4,7 @@ Importing this package registers its losses, detectors and hooks in mmdet's
 registries (scope ``mmdet``) and makes the changes to torch and mmengine that
 :func:`kd_det.integration.install` lists (safe checkpoint loading for local
 paths and URLs, the ``atomic_local`` file backend, ``kd_det::`` configs); see
-docs/checkpoint_safety_import.md.
+docs/checkpoint_safety.md.
 """
 from .version import __version__
 from . import losses  # noqa: F401  (registers the losses)

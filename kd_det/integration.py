@@ -1,6 +1,6 @@
 """Everything importing kd_det changes outside kd_det, in one function: :func:`install`.
 
-``kd_det/__init__.py`` calls it once; docs/checkpoint_safety_import.md lists the
+``kd_det/__init__.py`` calls it once; docs/checkpoint_safety.md lists the
 changes for users. Registering kd_det's losses, detector and hooks in mmdet's
 registries is not here: as in mmdet, the ``@register_module()`` decorators of
 ``kd_det.losses``, ``kd_det.models`` and ``kd_det.engine`` do it on import.

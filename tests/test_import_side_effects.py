@@ -1,4 +1,4 @@
-"""What importing kd_det changes in torch and mmengine (docs/checkpoint_safety_import.md),
+"""What importing kd_det changes in torch and mmengine (docs/checkpoint_safety.md),
 and that a plain mmdet checkpoint still loads the same through mmdet's and mmengine's own
 loaders afterwards: the one kd_det routes them through must not change what they return."""
 import functools
@@ -25,7 +25,7 @@ from kd_det import checkpoint as kd_checkpoint
 from kd_det.engine.safe_checkpoint_hook import AtomicLocalBackend
 from testing_utils import DEMO_STUDENT, REPO
 
-# The list in docs/checkpoint_safety_import.md, checked one by one.
+# The list in docs/checkpoint_safety.md, checked one by one.
 DOCUMENTED = {
     'torch safe globals': lambda: all(
         g in torch.serialization.get_safe_globals() for g in kd_checkpoint.MMENGINE_SAFE_GLOBALS),
@@ -40,7 +40,7 @@ DOCUMENTED = {
 def test_documented_changes_are_in_effect_and_listed():
     assert {name: check() for name, check in DOCUMENTED.items()} == dict.fromkeys(DOCUMENTED,
                                                                                 True)
-    with open(osp.join(REPO, 'docs', 'checkpoint_safety_import.md')) as f:
+    with open(osp.join(REPO, 'docs', 'checkpoint_safety.md')) as f:
         doc = f.read()
     for term in ('add_safe_globals', 'CheckpointLoader', 'load_url', 'atomic_local',
                  'MODULE2PACKAGE', 'kd_det.integration.install'):

@@ -6,7 +6,7 @@ from torch import Tensor
 from mmdet.registry import MODELS
 
 from .receives import Receives
-from .utils import as_float32_pair, check_feature_pair, check_non_negative, float32_no_autocast
+from .utils import check_non_negative, feature_pair_loss
 
 
 class _RowKL(torch.autograd.Function):
@@ -62,7 +62,4 @@ class CWDLoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         """student, teacher: (N, C, H, W) features. Returns the weighted scalar loss."""
-        check_feature_pair(student, teacher, 'CWDLoss')
-        with float32_no_autocast(student):
-            student, teacher = as_float32_pair(student, teacher)
-            return self.loss_weight * cwd_loss(student, teacher, self.tau)
+        return feature_pair_loss('CWDLoss', cwd_loss, student, teacher, self.loss_weight, self.tau)

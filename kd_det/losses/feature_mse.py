@@ -6,7 +6,7 @@ from torch import Tensor
 from mmdet.registry import MODELS
 
 from .receives import Receives
-from .utils import as_float32_pair, check_feature_pair, check_non_negative, float32_no_autocast
+from .utils import check_non_negative, feature_pair_loss
 
 
 def feature_mse_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -29,7 +29,4 @@ class FeatureMSELoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         """student, teacher: (N, C, H, W) features. Returns the weighted scalar loss."""
-        check_feature_pair(student, teacher, 'FeatureMSELoss')
-        with float32_no_autocast(student):
-            student, teacher = as_float32_pair(student, teacher)
-            return self.loss_weight * feature_mse_loss(student, teacher)
+        return feature_pair_loss('FeatureMSELoss', feature_mse_loss, student, teacher, self.loss_weight)

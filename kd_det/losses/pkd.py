@@ -22,7 +22,7 @@ from torch import Tensor
 from mmdet.registry import MODELS
 
 from .receives import Receives
-from .utils import as_float32_pair, check_feature_pair, check_non_negative, float32_no_autocast
+from .utils import check_non_negative, feature_pair_loss
 
 # A channel's variance is clamped to this before the square root, so a constant channel has
 # a finite standardisation (zeros) and a finite gradient.
@@ -105,7 +105,4 @@ class PKDLoss(nn.Module):
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         """student, teacher: (N, C, H, W) features. Returns the weighted scalar loss."""
-        check_feature_pair(student, teacher, 'PKDLoss')
-        with float32_no_autocast(student):
-            student, teacher = as_float32_pair(student, teacher)
-            return self.loss_weight * pkd_loss(student, teacher, self.eps)
+        return feature_pair_loss('PKDLoss', pkd_loss, student, teacher, self.loss_weight, self.eps)

@@ -46,3 +46,13 @@ def check_same_shape(student: Tensor, teacher: Tensor, name: str) -> None:
     if student.dim() < 2 or student.shape != teacher.shape:
         raise ValueError(f'{name}: student {tuple(student.shape)} and teacher '
                          f'{tuple(teacher.shape)} must have equal shapes (N, ...)')
+
+
+def feature_pair_loss(name: str, fn, student: Tensor, teacher: Tensor, loss_weight: float,
+                      *args) -> Tensor:
+    """``loss_weight * fn(student, teacher, *args)`` on (N, C, H, W) features of equal shape
+    (checked, naming the loss ``name``), in float32 under autocast, the teacher constant."""
+    check_feature_pair(student, teacher, name)
+    with float32_no_autocast(student):
+        student, teacher = as_float32_pair(student, teacher)
+        return loss_weight * fn(student, teacher, *args)

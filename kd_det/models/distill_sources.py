@@ -121,6 +121,33 @@ def prior_rows(maps: Sequence[Tensor], num_priors: int) -> Tensor:
     return torch.cat(rows)
 
 
+def prediction_rows(source: str, levels, pairs: Optional[Dict[int, int]], student: dict,
+                    teacher: dict, num_priors: Optional[int]):
+    """(student rows, teacher rows, teacher class-logit rows) of a prediction source.
+
+    ``student`` / ``teacher``: what the taps and the teacher recorded (``'roi'``,
+    ``'roi_embed'``, ``'dense'``); ``pairs``: {student level: teacher level} of a dense
+    source; ``num_priors``: priors per location of the dense head.
+    """
+    if source == 'roi_embed':
+        return student['roi_embed'], teacher['roi'][2], teacher['roi'][0]
+    index = 0 if source.endswith('_cls') else 1
+    if source in ROI_SOURCES:
+        return student['roi'][index], teacher['roi'][index], teacher['roi'][0]
+    s_maps, t_maps, t_cls = [], [], []
+    for lvl in levels:
+        s_map, t_map = student['dense'][index][lvl], teacher['dense'][index][pairs[lvl]]
+        if s_map.shape != t_map.shape:
+            raise ValueError(f'{source} level {lvl}: student head output '
+                             f'{tuple(s_map.shape)} and teacher head output '
+                             f'{tuple(t_map.shape)} differ')
+        s_maps.append(s_map)
+        t_maps.append(t_map)
+        t_cls.append(teacher['dense'][0][pairs[lvl]])
+    return (prior_rows(s_maps, num_priors), prior_rows(t_maps, num_priors),
+            prior_rows(t_cls, num_priors))
+
+
 def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> Dict[str, dict]:
     """Refuse sources the models cannot give; return ``{source: derived loss options}``.
 

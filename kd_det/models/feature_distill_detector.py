@@ -1,4 +1,5 @@
 """A detector that distils a frozen teacher's features and predictions into a student."""
+import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .connectors import build_connectors
 from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, StudentTaps,
-                              check_sources, feature_channels, prior_rows, roi_finest_scale,
+                              check_sources, feature_channels, prediction_rows, roi_finest_scale,
                               teacher_dense_outputs, teacher_roi_outputs)
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
@@ -129,6 +130,7 @@ class FeatureDistillDetector(BaseDetector):
                 f'in_channels={s_channels}, out_channels={t_channels})`')
         for kind in level_kinds & set(FEATURE_SOURCES):
             derived[kind] = self._level_options(kind, student, teacher_cfg)
+        self._checked_length = (None, None)  # the training length the schedule was checked on
         self.distill_losses, self.loss_inputs = build_losses(
             distill_losses, sources, {k: sorted(v) for k, v in self.level_pairs.items()},
             num_levels, derived)
@@ -165,6 +167,14 @@ class FeatureDistillDetector(BaseDetector):
             in_channels=student_channels,
             teacher_channels=t_channels,
             finest_scale=roi_finest_scale(self.student))
+
+    # Copies (mmengine's EMA deep-copies the model) share the frozen teacher.
+    def __deepcopy__(self, memo):
+        memo[id(self.teacher)] = self.teacher
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     # The teacher is outside ``_modules``; device and dtype moves must reach it.
     def _apply(self, fn, *args, **kwargs):
@@ -209,11 +219,12 @@ class FeatureDistillDetector(BaseDetector):
     def _schedule_factors(self) -> Dict[str, float]:
         """``{loss name: weight factor}`` at the training loop's iteration and epoch."""
         iteration, epoch, max_iters, max_epochs = training_progress()
-        factors = {}
-        for name, entry in self.loss_inputs.items():
-            entry.schedule.check_fits(name, max_iters, max_epochs)
-            factors[name] = entry.schedule.factor(iteration, epoch)
-        return factors
+        if (max_iters, max_epochs) != self._checked_length:  # once per training length
+            for name, entry in self.loss_inputs.items():
+                entry.schedule.check_fits(name, max_iters, max_epochs)
+            self._checked_length = (max_iters, max_epochs)
+        return {name: entry.schedule.factor(iteration, epoch)
+                for name, entry in self.loss_inputs.items()}
 
     def _zero(self, name: str) -> Tensor:
         """0 for a loss that is off, attached to its parameters and the connectors'
@@ -289,8 +300,10 @@ class FeatureDistillDetector(BaseDetector):
                     values = [(f'level {lvl}', loss_module(s, t, **extra))
                               for lvl, s, t in zip(levels, s_levels, t_levels)]
             else:
-                s_rows, t_rows, t_logits = self._prediction_rows(source, levels, student,
-                                                                 teacher)
+                s_rows, t_rows, t_logits = prediction_rows(
+                    source, levels, self.level_pairs.get(source), student, teacher,
+                    getattr(self.student.bbox_head, 'num_base_priors', None)
+                    if source in DENSE_SOURCES else None)
                 if receives.teacher_logits:
                     extra['teacher_logits'] = t_logits
                 if receives.rois:
@@ -322,28 +335,6 @@ class FeatureDistillDetector(BaseDetector):
             t_lvl = self.level_pairs[source][lvl]
             cache[source, lvl] = self._align(feat, teacher[source][t_lvl], lvl, t_lvl)
         return cache[source, lvl]
-
-    def _prediction_rows(self, source: str, levels, student: dict, teacher: dict):
-        """(student rows, teacher rows, teacher class-logit rows) of a prediction source."""
-        if source == 'roi_embed':
-            return student['roi_embed'], teacher['roi'][2], teacher['roi'][0]
-        index = 0 if source.endswith('_cls') else 1
-        if source in ROI_SOURCES:
-            return student['roi'][index], teacher['roi'][index], teacher['roi'][0]
-        pairs = self.level_pairs[source]
-        priors = self.student.bbox_head.num_base_priors
-        s_maps, t_maps, t_cls = [], [], []
-        for lvl in levels:
-            s_map, t_map = student['dense'][index][lvl], teacher['dense'][index][pairs[lvl]]
-            if s_map.shape != t_map.shape:
-                raise ValueError(f'{source} level {lvl}: student head output '
-                                 f'{tuple(s_map.shape)} and teacher head output '
-                                 f'{tuple(t_map.shape)} differ')
-            s_maps.append(s_map)
-            t_maps.append(t_map)
-            t_cls.append(teacher['dense'][0][pairs[lvl]])
-        return (prior_rows(s_maps, priors), prior_rows(t_maps, priors),
-                prior_rows(t_cls, priors))
 
     def _align(self, student: Tensor, teacher: Tensor, level: int, t_level: int) -> Tensor:
         where = f'student level {level} / teacher level {t_level}'

@@ -18,9 +18,10 @@ which ``--resume`` restores: a resumed run continues the schedule exactly.
 Outside a training loop (no runtime info: a standalone ``loss()`` call, the
 analysis tools) every loss has its full weight.
 """
+import logging
 from typing import NamedTuple, Optional
 
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, print_log
 
 
 class LossSchedule(NamedTuple):
@@ -50,16 +51,17 @@ class LossSchedule(NamedTuple):
         return 1.
 
     def check_fits(self, name: str, max_iters: Optional[int], max_epochs: Optional[int]) -> None:
-        """Refuse a warm-up longer than training or a stop epoch past its end."""
+        """Refuse a warm-up longer than training; warn about a stop epoch past its end
+        (a shortened run, e.g. ``train_cfg.max_epochs`` lowered: the loss never stops)."""
         if max_iters is not None and self.warmup_iters > max_iters:
             raise ValueError(f'distill_losses[{name!r}]: warmup_iters={self.warmup_iters} is '
                              f'longer than training (max_iters={max_iters}); the loss would '
                              'never reach its weight. Use warmup_iters <= max_iters')
         if max_epochs is not None and self.stop_epoch is not None \
                 and self.stop_epoch > max_epochs:
-            raise ValueError(f'distill_losses[{name!r}]: stop_epoch={self.stop_epoch} is past '
-                             f'the end of training (max_epochs={max_epochs}), so it never '
-                             'stops; use stop_epoch <= max_epochs or leave it out')
+            print_log(f'distill_losses[{name!r}]: stop_epoch={self.stop_epoch} is past the end '
+                      f'of training (max_epochs={max_epochs}): the loss acts in every epoch',
+                      logger='current', level=logging.WARNING)
 
 
 def training_progress():

@@ -229,3 +229,15 @@ def test_teacher_with_other_normalisation_gets_its_own_inputs(teacher_ckpt):
     x_student = (rgb - student_pre.mean) / student_pre.std
     x_teacher = raw - torch.tensor([103.53, 116.28, 123.675]).view(1, 3, 1, 1)
     torch.testing.assert_close(model.teacher_inputs(x_student), x_teacher, rtol=1e-5, atol=1e-3)
+
+
+def test_a_deep_copy_shares_the_frozen_teacher(teacher_ckpt):
+    """mmengine's EMA deep-copies the model: the copy must not hold a second teacher."""
+    model = MODELS.build(model_cfg(teacher_ckpt))
+    clone = copy.deepcopy(model)
+    assert clone.teacher is model.teacher
+    assert clone.student is not model.student
+    for (name, p), q in zip(model.named_parameters(), clone.parameters()):
+        assert p is not q and torch.equal(p, q), name
+    assert 'teacher' not in clone._modules and not any(
+        k.startswith('teacher') for k in clone.state_dict())

@@ -104,6 +104,7 @@ class _KillAfterFirstEpoch(Hook):
         raise _Killed(f'killed after epoch {runner.epoch}')
 
 
+@pytest.mark.slow
 @needs_coco128
 def test_resume_mid_warmup_continues_the_schedule_exactly(tmp_path):
     from mmengine.runner import Runner
@@ -138,3 +139,20 @@ def test_resume_mid_warmup_continues_the_schedule_exactly(tmp_path):
     seen = _RecordFactors(resumed.model)
     resumed.train()
     assert [f['loss_mse'] for f in seen.factors] == [0.75, 1.0]
+
+
+def test_a_stop_epoch_past_a_shortened_run_only_warns(ckpts, monkeypatch):  # noqa: F811
+    import kd_det.models.loss_schedule as loss_schedule
+    logged = []
+    monkeypatch.setattr(loss_schedule, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    model = distiller(ckpts, dict(loss_mse=dict(type='FeatureMSELoss', stop_epoch=5)))
+    inputs, samples = batch()
+    try:
+        _progress(iter=0, epoch=0, max_iters=4, max_epochs=2)
+        losses = model.loss(inputs, samples)
+        model.loss(inputs, samples)  # warned once per training length
+    finally:
+        _progress()
+    assert losses['loss_mse'].item() > 0
+    assert len(logged) == 1 and 'stop_epoch=5 is past the end of training (max_epochs=2)' \
+        in logged[0]

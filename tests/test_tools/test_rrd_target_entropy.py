@@ -3,6 +3,8 @@ import os.path as osp
 import re
 import sys
 
+import pytest
+
 from kd_det.demo.synthetic_coco import generate_dataset
 from testing_utils import REPO
 
@@ -13,6 +15,7 @@ CONFIG = osp.join(REPO, 'configs', 'demo', 'rrd_faster-rcnn_r34h-to-r18t_fpn_sha
 TEACHER = osp.join(REPO, 'checkpoints', 'demo_teacher_r34-half_shapes.pth')
 
 
+@pytest.mark.slow
 def test_class_signal_of_both_embeddings_on_the_shipped_teacher(tmp_path, capsys):
     data = generate_dataset(str(tmp_path / 'data'), num_train=40, num_val=1, num_tune=1)
     rrd_target_entropy.main([CONFIG, '--checkpoint', TEACHER, '--images', '40',
