@@ -8,5 +8,5 @@
 _base_ = '../_base_/faster-rcnn_r101-to-r50_fpn_1x_coco.py'
 model = dict(
     distill_losses=dict(
-        loss_rrd=dict(type='RRDLoss', source='roi_embed', loss_weight=1.0, embed_dim=128,
+        loss_rrd=dict(type='RRDLoss', source='roi_embed', loss_weight=0.3, embed_dim=128,
                       queue_size=16384, num_negatives=16)))

@@ -9,5 +9,5 @@
 _base_ = '../_base_/faster-rcnn_r101-to-r50_fpn_1x_coco.py'
 model = dict(
     distill_losses=dict(
-        loss_unikd=dict(type='UniKDLoss', source='roi_embed', loss_weight=1.0,
+        loss_unikd=dict(type='UniKDLoss', source='roi_embed', loss_weight=9.0,
                         support_weight=1.0)))

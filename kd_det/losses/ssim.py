@@ -1,6 +1,8 @@
 """SSIM feature-distillation loss (de Rijk et al., NeurIPS 2022, arXiv 2211.13133)."""
+import logging
 import os
 import shutil
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -187,6 +189,24 @@ def _group_minmax(x: Tensor, y: Tensor, start: Optional[int],
 
 
 _KERNEL_SOURCE = Path(__file__).with_name('ssim_cpu.cpp')
+# torch's extension build holds a lock file for its ~30 s; one left by a killed build would
+# make every later load wait forever.
+STALE_LOCK_S = 600
+
+
+def remove_stale_build_lock(build_dir: str, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove ``build_dir/lock`` if it is older than ``max_age_s`` (an interrupted build's);
+    return whether it was removed."""
+    lock = os.path.join(build_dir, 'lock')
+    try:
+        if time.time() - os.path.getmtime(lock) <= max_age_s:
+            return False
+        os.remove(lock)
+    except FileNotFoundError:
+        return False
+    print_log(f'kd_det: removed {lock}, left by an interrupted build of the SSIM kernel',
+              logger='current', level=logging.WARNING)
+    return True
 
 
 @lru_cache(maxsize=None)
@@ -200,7 +220,8 @@ def _cpu_kernel():
     print_log('kd_det: loading the fused SSIM CPU kernel (the first time on a machine it is '
               'compiled, about 30 s)', logger='current')
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
+        remove_stale_build_lock(_get_build_directory('kd_det_ssim_cpu', verbose=False))
         if shutil.which('ninja') is None:  # the pip package's, outside an activated venv
             import ninja
             os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')

@@ -307,3 +307,16 @@ def test_ssim_map_stays_differentiable():
     x = torch.rand(1, 2, 8, 9, dtype=torch.float64, requires_grad=True)
     y = torch.rand(1, 2, 8, 9, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a: ssim_map(a, y).sum(), (x,))
+
+
+def test_a_stale_kernel_build_lock_is_removed_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+    from kd_det.losses.ssim import remove_stale_build_lock
+    lock = tmp_path / 'lock'
+    lock.write_text('')
+    assert not remove_stale_build_lock(str(tmp_path), max_age_s=600) and lock.exists()
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert remove_stale_build_lock(str(tmp_path), max_age_s=600) and not lock.exists()
+    assert not remove_stale_build_lock(str(tmp_path))  # no lock: nothing to do
