@@ -17,7 +17,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmdet.registry import MODELS
 
-from testing_utils import (COCO128, COCO128_DATA, REPO, needs_coco128, resumed_runner, run_tool,
+from testing_utils import (COCO128_DATA, REPO, coco128_root, needs_coco128, resumed_runner, run_tool,
                            save_random_teacher, write_config)
 from kd_det.demo.synthetic_coco import generate_dataset
 from kd_det.export import export_student
@@ -281,7 +281,7 @@ def test_family_on_coco128(name, tmp_path):
     teacher = write_config(d, 'teacher.py', f"_base_ = {osp.join(DEMO, names['teacher'])!r}\n"
                            + f'model = dict({COCO80[name]})\n')
     ckpt = save_random_teacher(osp.join(d, 'teacher.pth'), teacher)
-    data = COCO128_DATA.format(coco128=COCO128, epochs=1)
+    data = COCO128_DATA.format(coco128=coco128_root(), epochs=1)
     distill = write_config(d, 'distill.py', f"_base_ = {osp.join(DEMO, names['distill'])!r}\n"
                            + data + f'model = dict(teacher_config={teacher!r}, '
                            f'teacher_ckpt={ckpt!r}, student=dict({COCO80[name]}))\n'
