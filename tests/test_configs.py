@@ -58,7 +58,7 @@ REQUIRED = [
 # Hooks a distillation config may keep from its student's mmdet recipe (RTMDet's).
 RECIPE_HOOKS = ('EMAHook', 'PipelineSwitchHook')
 # Distillation sources that have no feature levels (one tensor per sampled RoI).
-ROI_SOURCES = ('roi_cls', 'roi_reg')
+ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
 
 
 def _is_demo(path: str) -> bool:
@@ -91,6 +91,23 @@ def _parsed(path: str) -> Config:
 def read_config(path: str) -> Config:
     """``Config.fromfile(path)``, parsed once per module (each test gets its own copy)."""
     return copy.deepcopy(_parsed(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(path: str) -> Config:
+    return load_config(path)
+
+
+def read_model_config(path: str) -> Config:
+    """kd_det's ``load_config(path)`` (package paths too), parsed once per module: mmengine
+    reads every metafile of mmdet to resolve one ``mmdet::`` path (~0.1 s each time)."""
+    return copy.deepcopy(_loaded(path))
+
+
+@pytest.fixture(autouse=True)
+def teachers_parsed_once(monkeypatch):
+    """The distiller reads its teacher config through the same parse-once copy."""
+    monkeypatch.setattr('kd_det.models.teacher.load_config', read_model_config)
 
 
 def level_strides(model_cfg):
@@ -150,7 +167,7 @@ def build_on_meta(model_cfg):
     """
     def teacher_state(filename, what='checkpoint'):
         assert filename == model_cfg.teacher_ckpt, filename
-        return MODELS.build(load_config(model_cfg.teacher_config).model).state_dict()
+        return MODELS.build(read_model_config(model_cfg.teacher_config).model).state_dict()
     with mock.patch('kd_det.models.teacher.read_state_dict', teacher_state):
         try:
             with torch.device('meta'), mock.patch.object(torch, 'linspace', cpu_linspace):
@@ -184,7 +201,7 @@ def test_config_levels_have_teacher_partners(path):
     model_cfg = cfg.model
     if model_cfg.type != 'FeatureDistillDetector':
         pytest.skip('not a distillation config')
-    teacher = load_config(model_cfg.teacher_config).model
+    teacher = read_model_config(model_cfg.teacher_config).model
     s_strides, t_strides = level_strides(model_cfg.student), level_strides(teacher)
     assert s_strides and t_strides, (s_strides, t_strides)
     pairs = model_cfg.get('level_pairs')
@@ -229,11 +246,17 @@ def test_config_loads_and_builds(path):
 
 
 def _student_recipe(path):
-    """The config a distillation config's ``_base_`` names (its student's own recipe)."""
+    """The student's own recipe: the first config up a distillation config's ``_base_``
+    chain that is not itself a distillation config (l-to-s inherits x-to-s, which names
+    mmdet's RTMDet-s)."""
     with open(path) as f:
         first = next(line for line in f if line.startswith('_base_'))
     name = first.split('=', 1)[1].strip().strip('\'"')
-    return load_config(name if '::' in name else osp.join(osp.dirname(path), name))
+    base = name if '::' in name else osp.join(osp.dirname(path), name)
+    cfg = read_model_config(base)
+    if cfg.model.type == 'FeatureDistillDetector':
+        return _student_recipe(base)
+    return cfg
 
 
 def _unscoped(cfg):

@@ -151,6 +151,27 @@ def save_random_teacher(path: str, config: str = DEMO_TEACHER, seed: int = 0) ->
     return path
 
 
+def synthetic_batch(num: int = 2, size: int = 64, shift: float = 0.0):
+    """A preprocessed batch: ``num`` seeded random ``size`` x ``size`` images (``img_id`` 0 to
+    ``num - 1``), one box of class 2 each (image ``i``'s moved by ``i * shift`` pixels), as
+    ``(inputs, data_samples)``."""
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    torch.manual_seed(1)
+    inputs = torch.randn(num, 3, size, size)
+    samples = []
+    for i in range(num):
+        sample = DetDataSample(metainfo=dict(img_id=i, img_shape=(size, size),
+                                             pad_shape=(size, size), ori_shape=(size, size),
+                                             scale_factor=(1., 1.),
+                                             batch_input_shape=(size, size)))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[4., 6., 40., 50.]]) + i * shift, labels=torch.tensor([2]))
+        samples.append(sample)
+    return inputs, samples
+
+
 def resumed_runner(cfg):
     """A Runner for ``cfg`` (with ``resume`` set) that has loaded its checkpoint, untrained.
 

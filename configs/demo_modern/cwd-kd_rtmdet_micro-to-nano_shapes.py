@@ -11,7 +11,7 @@ model = dict(
     student={{_base_.model}},
     teacher_config='{{ fileDirname }}/rtmdet_micro_shapes.py',
     teacher_ckpt='work_dirs/kd_det_demo/rtmdet_teacher/epoch_4.pth',
-    connectors=dict(in_channels=32, out_channels=64,
+    connectors=dict(in_channels=_base_.model.neck.out_channels, out_channels=64,
                     norm_cfg=dict(type='BN', affine=False, track_running_stats=False)),
     distill_losses=dict(
         loss_cwd=dict(type='CWDLoss', tau=1.0, loss_weight=1.0, stop_epoch=stop_epoch),

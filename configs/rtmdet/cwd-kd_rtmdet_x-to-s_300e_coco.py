@@ -17,7 +17,7 @@ model = dict(
     student={{_base_.model}},
     teacher_config='mmdet::rtmdet/rtmdet_x_8xb32-300e_coco.py',
     teacher_ckpt='https://download.openmmlab.com/mmdetection/v3.0/rtmdet/rtmdet_x_8xb32-300e_coco/rtmdet_x_8xb32-300e_coco_20220715_230555-cc79b9ae.pth',
-    connectors=dict(in_channels=128, out_channels=320,
+    connectors=dict(in_channels=_base_.model.neck.out_channels, out_channels=320,
                     norm_cfg=dict(type='BN', affine=False, track_running_stats=False)),
     distill_losses=dict(
         loss_cwd=dict(type='CWDLoss', tau=1.0, loss_weight=1.0, stop_epoch=stop_epoch),

@@ -27,7 +27,7 @@ from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.runner import Runner
 from torch import Tensor, nn
 
-from ..models.distill_sources import StudentTaps
+from ..models.distill_sources import ROI_SOURCES, StudentTaps
 from .memory import PeakMemory
 
 PHASES = ('student', 'teacher', 'distill')
@@ -138,7 +138,7 @@ class PhaseSteps:
                              distill=build_optim_wrapper_for(cfg, model, amp, lr))
         self.logs: Dict[str, List[Dict[str, float]]] = dict(student=[], distill=[])
         rois: Dict[int, Tensor] = {}
-        reads_rois = bool(model.sources & {'roi_cls', 'roi_reg'})
+        reads_rois = bool(model.sources & set(ROI_SOURCES))
         self.steps = dict(
             student=train_step(self.student, self.wrappers['student'],
                                rois if reads_rois else None,

@@ -95,7 +95,9 @@ class FeatureDistillDetector(BaseDetector):
         self.nonfinite = nonfinite
         sources = loss_sources(distill_losses, feature_source)
 
-        self.student = MODELS.build(student)
+        # A copy: mmdet's DETR detectors edit their head's config in place, and the caller's
+        # config must still build the same student (the analysis tools build it alone).
+        self.student = MODELS.build(copy.deepcopy(student))
         teacher_cfg = teacher_model_cfg(teacher_config)
         # Bypass nn.Module.__setattr__: see the class docstring.
         self.__dict__['teacher'] = build_teacher(teacher_cfg, teacher_ckpt, teacher_strict)

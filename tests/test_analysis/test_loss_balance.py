@@ -5,11 +5,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmengine.structures import InstanceData
 
 from testing_utils import (DEMO_PAIR, DEMO_TEACHER, coco128_config, needs_coco128, run_tool,
-                           save_random_teacher)
+                           save_random_teacher, synthetic_batch)
 from kd_det.analysis.loss_balance import balance_table, loss_balance, loss_gradient_norms
 from kd_det.models.distill_sources import StudentTaps
 
@@ -25,20 +23,8 @@ def model(tmp_path_factory):
     return MODELS.build(cfg).train()
 
 
-def batch(size=64):
-    torch.manual_seed(1)
-    samples = []
-    for _ in range(2):
-        sample = DetDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
-                                             batch_input_shape=(size, size)))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 40., 50.]]),
-                                           labels=torch.tensor([2]))
-        samples.append(sample)
-    return torch.randn(2, 3, size, size), samples
-
-
 def test_feature_loss_gradient_matches_its_closed_form(model):
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch()
     torch.manual_seed(3)
     result = loss_gradient_norms(model, inputs, samples)
     with torch.no_grad():
@@ -62,7 +48,7 @@ def test_feature_loss_gradient_matches_its_closed_form(model):
 
 
 def test_table_has_a_row_per_loss_and_level_and_the_clip_line(model):
-    result = loss_balance(model, [batch(), batch()], max_norm=1e-9)
+    result = loss_balance(model, [synthetic_batch(), synthetic_batch()], max_norm=1e-9)
     assert result['clipped'] == 2
     table = balance_table(result, 1e-9)
     assert table.count('| loss_mse |') == 5 and table.count('| loss_kd |') == 5
@@ -85,7 +71,7 @@ model.update(teacher_config={teacher_cfg!r}, teacher_ckpt={ckpt!r},
 
 
 def test_input_gradient_norms_match_autograd_on_the_images(model):
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch()
     torch.manual_seed(3)
     result = loss_gradient_norms(model, inputs, samples)
     images = inputs.clone().requires_grad_(True)

@@ -84,3 +84,15 @@ def test_dino_teacher_for_a_faster_rcnn_student(teachers):
     with torch.no_grad():
         got = model.distill_loss({'neck': list(student)}, teacher, [])['loss_pkd']
     torch.testing.assert_close(got, _pkd_reference(model, images, {1: 0, 2: 1, 3: 2, 4: 3}))
+
+
+def test_building_the_distiller_leaves_a_dino_student_config_as_it_was(teachers):
+    # mmdet's DINO edits its bbox_head config in place; the analysis tools (benchmark,
+    # preflight) build the student alone from the same config after the distiller.
+    cfg = dict(type='FeatureDistillDetector', student=load_config(DINO4).model,
+               teacher_config=DINO5, teacher_ckpt=teachers[DINO5],
+               distill_losses=dict(loss_pkd=dict(type='PKDLoss')))
+    before = cfg['student'].to_dict()
+    MODELS.build(cfg)
+    assert cfg['student'].to_dict() == before
+    assert type(MODELS.build(cfg['student'])).__name__ == 'DINO'

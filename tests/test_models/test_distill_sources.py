@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmengine.structures import InstanceData
 
 import kd_det  # noqa: F401
 from kd_det.models.distill_sources import StudentTaps
-from testing_utils import DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO
+from testing_utils import DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO, synthetic_batch
 
 RETINA_STUDENT = f'{REPO}/configs/demo/retinanet_r18-tiny_fpn_shapes.py'
 RETINA_TEACHER = f'{REPO}/configs/demo/retinanet_r34-half_fpn_shapes.py'
@@ -42,25 +40,13 @@ def distiller(ckpts, losses, student=DEMO_STUDENT, teacher='faster', **overrides
     return MODELS.build(cfg)
 
 
-def batch(num=2, size=64):
-    torch.manual_seed(1)
-    samples = []
-    for i in range(num):
-        sample = DetDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
-                                             batch_input_shape=(size, size)))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 40., 50.]]) + i,
-                                           labels=torch.tensor([2]))
-        samples.append(sample)
-    return torch.randn(num, 3, size, size), samples
-
-
 def test_roi_logits_are_the_teacher_heads_on_the_students_rois(ckpts):
     model = distiller(ckpts, dict(
         loss_kd=dict(type='LogitKDLoss', source='roi_cls', temperature=2.0),
         loss_box=dict(type='BoxDeltaKDLoss', source='roi_reg', score_thr=0.0)))
     assert model.distill_losses['loss_kd'].activation == 'softmax'
     assert model.distill_losses['loss_kd'].num_classes == 7
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     seen = StudentTaps(model.student, {'roi_cls'})
     with seen:  # our own record of what the student computed
         losses = model.loss(inputs, samples)
@@ -94,7 +80,7 @@ def test_dense_logits_pair_prior_by_prior(ckpts):
     model = distiller(ckpts, dict(loss_kd=dict(type='LogitKDLoss', source='dense_cls')),
                       student=RETINA_STUDENT, teacher='retina')
     assert model.distill_losses['loss_kd'].activation == 'sigmoid'
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     seen = StudentTaps(model.student, {'dense_cls'})
     with seen:
         losses = model.loss(inputs, samples)
@@ -116,7 +102,7 @@ def test_two_stage_teacher_to_one_stage_student_pairs_by_stride(ckpts):
                       student=RETINA_STUDENT)
     assert model.level_pairs['neck'] == {0: 1, 1: 2, 2: 3, 3: 4}
     assert model.loss_inputs['loss_mse'].levels == [0, 1, 2, 3]
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     losses = model.loss(inputs, samples)
     s = model.student.extract_feat(inputs)
     t = model.teacher.extract_feat(inputs)

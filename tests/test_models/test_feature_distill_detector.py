@@ -1,22 +1,18 @@
 """FeatureDistillDetector: frozen hidden teacher, loss wiring, validation of its config."""
 import copy
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmengine.structures import InstanceData
 
 import kd_det  # noqa: F401
 from kd_det.checkpoint import CheckpointError
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-PAIR = osp.join(REPO, 'configs', '_base_', 'faster-rcnn_r34h-to-r18t_fpn_shapes.py')
-TEACHER = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r34-half_fpn_shapes.py')
-STUDENT = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
+from testing_utils import DEMO_PAIR as PAIR
+from testing_utils import DEMO_STUDENT as STUDENT
+from testing_utils import DEMO_TEACHER as TEACHER
+from testing_utils import synthetic_batch
 
 
 @pytest.fixture(scope='module')
@@ -36,20 +32,6 @@ def model_cfg(teacher_ckpt, **overrides):
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
-
-
-def batch(num=2, size=64):
-    torch.manual_seed(1)
-    inputs = torch.randn(num, 3, size, size)
-    samples = []
-    for _ in range(num):
-        sample = DetDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
-                                             ori_shape=(size, size), scale_factor=(1., 1.),
-                                             batch_input_shape=(size, size)))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 40., 50.]]),
-                                           labels=torch.tensor([2]))
-        samples.append(sample)
-    return inputs, samples
 
 
 def test_teacher_is_frozen_hidden_and_moves_with_the_model(teacher_ckpt):
@@ -73,7 +55,7 @@ def test_loss_adds_distillation_terms_and_trains_only_the_student(teacher_ckpt):
         loss_mse=dict(type='FeatureMSELoss', loss_weight=1.0, levels=[0, 1]),
         loss_pkd=dict(type='PKDLoss', loss_weight=6.0))))
     model.train()
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch()
     torch.manual_seed(2)  # same proposal sampling in both calls
     student_only = model.student.loss(inputs, samples)
     torch.manual_seed(2)
@@ -100,7 +82,7 @@ def test_loss_adds_distillation_terms_and_trains_only_the_student(teacher_ckpt):
 
 def test_predict_is_the_students(teacher_ckpt):
     model = MODELS.build(model_cfg(teacher_ckpt)).eval()
-    inputs, samples = batch(1)
+    inputs, samples = synthetic_batch(1)
     with torch.no_grad():
         ours = model.predict(inputs, copy.deepcopy(samples))[0].pred_instances
         theirs = model.student.predict(inputs, copy.deepcopy(samples))[0].pred_instances
@@ -177,7 +159,7 @@ def test_channel_mismatch_needs_connectors(teacher_ckpt):
         MODELS.build(cfg)
     cfg.connectors = dict(in_channels=32, out_channels=64)
     model = MODELS.build(cfg)
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch()
     losses = model.loss(inputs, samples)
     with torch.no_grad():  # reference: the modules called directly, levels paired by stride
         s_feats = model.student.extract_feat(inputs)

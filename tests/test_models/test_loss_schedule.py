@@ -8,8 +8,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
 
 from kd_det.models.loss_schedule import LossSchedule
-from testing_utils import DEMO_PAIR, coco128_config, needs_coco128
-from test_distill_sources import batch, ckpts, distiller  # noqa: F401
+from testing_utils import DEMO_PAIR, coco128_config, needs_coco128, synthetic_batch
+from test_distill_sources import ckpts, distiller  # noqa: F401
 
 
 def test_factor_rises_linearly_then_stops_at_the_epoch():
@@ -42,7 +42,7 @@ def test_distiller_scales_each_loss_by_its_own_factor(ckpts):  # noqa: F811
     model = distiller(ckpts, dict(
         loss_mse=dict(type='FeatureMSELoss', warmup_iters=4),
         loss_kd=dict(type='LogitKDLoss', source='roi_cls', stop_epoch=1)))
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     try:
         _progress()
         torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_distiller_scales_each_loss_by_its_own_factor(ckpts):  # noqa: F811
 def test_no_teacher_pass_once_every_loss_has_stopped(ckpts):  # noqa: F811
     model = distiller(ckpts, dict(loss_mse=dict(type='FeatureMSELoss', stop_epoch=1)),
                       connectors=dict(in_channels=64, out_channels=64))
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
 
     def no_teacher(*args, **kwargs):
         raise AssertionError('the teacher ran although every loss is off')
@@ -146,7 +146,7 @@ def test_a_stop_epoch_past_a_shortened_run_only_warns(ckpts, monkeypatch):  # no
     logged = []
     monkeypatch.setattr(loss_schedule, 'print_log', lambda msg, **kwargs: logged.append(msg))
     model = distiller(ckpts, dict(loss_mse=dict(type='FeatureMSELoss', stop_epoch=5)))
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     try:
         _progress(iter=0, epoch=0, max_iters=4, max_epochs=2)
         losses = model.loss(inputs, samples)

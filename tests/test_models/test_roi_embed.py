@@ -3,12 +3,11 @@ import copy
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from kd_det.losses.gt_boxes import roi_labels
 from kd_det.models.distill_sources import StudentTaps
-from testing_utils import DEMO_STUDENT
-from test_distill_sources import RETINA_STUDENT, batch, ckpts, distiller  # noqa: F401
+from testing_utils import DEMO_STUDENT, synthetic_batch
+from test_distill_sources import RETINA_STUDENT, ckpts, distiller  # noqa: F401
 
 RRD = dict(type='RRDLoss', source='roi_embed', queue_size=64, num_negatives=3)
 
@@ -25,9 +24,7 @@ def test_embeddings_are_both_heads_classifier_inputs_on_the_students_rois(ckpts)
     model = distiller(ckpts, dict(loss_rrd=RRD))
     rrd = model.distill_losses['loss_rrd']
     assert (rrd.in_channels, rrd.teacher_channels) == (256, 256)  # derived from fc_cls
-    inputs, samples = batch()
-    for i, s in enumerate(samples):
-        s.set_metainfo(dict(img_id=i))
+    inputs, samples = synthetic_batch(shift=1.0)  # img_id 0 and 1
     before = copy.deepcopy(rrd)
     seen = StudentTaps(model.student, {'roi_embed'})
     with seen:
@@ -88,7 +85,7 @@ def test_roi_embed_refuses_students_without_a_shared_fc_embedding(ckpts, tmp_pat
 
 def test_distillation_key_colliding_with_a_student_loss_is_refused(ckpts):  # noqa: F811
     model = distiller(ckpts, dict(loss_cls=dict(type='LogitKDLoss', source='roi_cls')))
-    inputs, samples = batch()
+    inputs, samples = synthetic_batch(shift=1.0)
     with pytest.raises(ValueError, match=r"distill_losses \['loss_cls'\] would replace the "
                        r"student FasterRCNN's own loss.*'loss_kd_cls'"):
         model.loss(inputs, samples)

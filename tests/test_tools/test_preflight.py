@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 from mmdet.registry import MODELS
 
-from testing_utils import DEMO_PAIR, REPO, save_random_teacher
+from testing_utils import DEMO_PAIR, REPO, save_random_teacher, synthetic_batch
 from kd_det.analysis import preflight as checks
 from kd_det.analysis.model_zoo import zoo_entry
 from kd_det.analysis.verdict import Line, exit_code, format_table, overall, to_json
@@ -80,26 +80,12 @@ def demo_model(tmp_path_factory):
     return MODELS.build(cfg).train()
 
 
-def batch(size=64):
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    torch.manual_seed(1)
-    samples = []
-    for _ in range(2):
-        sample = DetDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
-                                             batch_input_shape=(size, size)))
-        sample.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 40., 50.]]),
-                                           labels=torch.tensor([2]))
-        samples.append(sample)
-    return torch.randn(2, 3, size, size), samples
-
-
 def test_balance_suggests_the_weight_that_brings_the_share_to_one(demo_model):
     loss = demo_model.distill_losses['loss_mse']
-    base = checks.check_balance(demo_model, [batch()], max_norm=None)
+    base = checks.check_balance(demo_model, [synthetic_batch()], max_norm=None)
     loss.loss_weight = 2000.0
     try:
-        heavy = checks.check_balance(demo_model, [batch()], max_norm=1.0)
+        heavy = checks.check_balance(demo_model, [synthetic_batch()], max_norm=1.0)
     finally:
         loss.loss_weight = 2.0
     share = base[0].data['share']
@@ -119,7 +105,7 @@ def test_a_nonfinite_loss_is_a_fail_line_not_a_traceback(demo_model):
     loss = demo_model.distill_losses['loss_mse']
     loss.loss_weight = float('inf')
     try:
-        lines = checks.guarded('balance', lambda: checks.check_balance(demo_model, [batch()],
+        lines = checks.guarded('balance', lambda: checks.check_balance(demo_model, [synthetic_batch()],
                                                                        None))
     finally:
         loss.loss_weight = 2.0
