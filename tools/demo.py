@@ -37,6 +37,8 @@ import time
 from collections import deque
 from typing import Dict, List, Optional, Tuple
 
+from mmengine.config import Config
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -171,7 +173,11 @@ class Run:
 
     def __init__(self, name: str, argv: List[str], work_dir: str, split: str) -> None:
         self.name, self.argv, self.work_dir = name, argv, work_dir
-        self.key = hashlib.sha1(json.dumps([split, argv]).encode()).hexdigest()[:12]
+        # argv[1] is the config of tools/train.py and tools/test.py: its resolved contents
+        # are part of the key, so a run whose config was edited (its bases too) runs again
+        config = Config.fromfile(argv[1]).to_dict()
+        self.key = hashlib.sha1(json.dumps([split, argv, config], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:12]
         self.result_file = osp.join(work_dir, 'demo_result.json')
         self.result: Optional[dict] = self.cached()
 

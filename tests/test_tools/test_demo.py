@@ -69,6 +69,22 @@ def test_method_variants_and_bad_methods():
         demo.parse_args(['--jobs', '0'])
 
 
+def test_a_run_is_reused_only_while_its_config_is_unchanged(tmp_path):
+    demo = load_demo()
+    base, config = tmp_path / 'base.py', tmp_path / 'student.py'
+    base.write_text('lr = 0.01\n')
+    config.write_text("_base_ = './base.py'\nepochs = 2\n")
+
+    def key(split='tune'):
+        return demo.Run('s', ['tools/train.py', str(config)], str(tmp_path / 'w'), split).key
+    first = key()
+    assert key() == first and key('val') != first
+    base.write_text('lr = 0.02\n')  # an edit in a base config reruns the run too
+    assert key() != first
+    base.write_text('lr = 0.01\n')
+    assert key() == first
+
+
 @pytest.mark.parametrize('runs, cpus, jobs, expected', [
     (3, 2, None, (3, 1)),    # the default demo on 2 cores: all 3 at once, 1 thread each
     (5, 2, None, (3, 1)),    # the seed set: one run more than cores, the rest queue
