@@ -28,7 +28,7 @@ from mmengine.logging import MMLogger
 from mmengine.utils import import_modules_from_strings
 
 from kd_det.analysis.preflight import (build_distiller, check_amp, check_balance,
-                                       check_steps, check_teacher, guarded)
+                                       check_steps, check_teacher, guarded, missing_data)
 from kd_det.analysis.steps import device_name, train_batches
 from kd_det.analysis.verdict import Line, exit_code, format_table, to_json
 from kd_det.configs import read_config
@@ -98,8 +98,12 @@ def run_checks(cfg, args: argparse.Namespace) -> List[Line]:
         return lines
     model.to(args.device)
     lines += guarded('teacher mAP', lambda: check_teacher(model, cfg, args.val_images,
-                                                          args.expected_map))
-    batches = train_batches(cfg, model, args.iters, args.seed)
+                                                          args.expected_map),
+                     loader='val_dataloader')
+    try:
+        batches = train_batches(cfg, model, args.iters, args.seed)
+    except FileNotFoundError as err:  # balance and steps train on these batches
+        return lines + [missing_data('train data', 'train_dataloader', err)]
     max_norm = (cfg.optim_wrapper.get('clip_grad') or {}).get('max_norm')
     lines += guarded('balance', lambda: check_balance(model, batches[:BALANCE_BATCHES],
                                                       max_norm))

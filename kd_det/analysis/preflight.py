@@ -35,11 +35,25 @@ TEACHER_REASONS = {
 }
 
 
-def guarded(check: str, run: Callable[[], List[Line]]) -> List[Line]:
+def missing_data(check: str, loader: str, err: FileNotFoundError) -> Line:
+    """The FAIL line of a check that stopped on a data file ``loader``'s dataset names."""
+    return Line(check, 'FAIL', f'{loader}: no such file {err.filename or err}',
+                f"point {loader}.dataset at your copy of the data: --cfg-options "
+                f"{loader}.dataset.data_root=DIR/ (ann_file and data_prefix are read "
+                "relative to it)")
+
+
+def guarded(check: str, run: Callable[[], List[Line]], loader: Optional[str] = None
+            ) -> List[Line]:
     """``run()``'s lines, or one FAIL line named ``check`` when it stops on a non-finite
-    loss (the distiller's ``nonfinite='error'``) or on CUDA running out of memory."""
+    loss (the distiller's ``nonfinite='error'``), on CUDA running out of memory, or (with
+    ``loader``, the dataloader it reads) on a missing data file."""
     try:
         return run()
+    except FileNotFoundError as err:
+        if loader is None:
+            raise
+        return [missing_data(check, loader, err)]
     except FloatingPointError as err:
         return [Line(check, 'FAIL', str(err), "lower this loss's weight or the learning "
                      "rate; nonfinite='skip' only hides it")]
@@ -164,19 +178,37 @@ def check_balance(model: nn.Module, batches: Sequence[Batch], max_norm: Optional
             lines.append(Line(f'balance {name}', 'OK', text, data=data))
     totals = result['total']
     total = statistics.mean(totals)
-    data = dict(total=totals, max_norm=max_norm, clipped=result['clipped'])
+    owners = result['owners']
+    data = dict(total=totals, max_norm=max_norm, clipped=result['clipped'], owners=owners)
     if max_norm is None:
         lines.append(Line('gradient norm', 'OK', f'total {total:.3g}; no clip_grad', data=data))
     elif total > CLIP_WARN_FACTOR * max_norm:
         lines.append(Line('gradient norm', 'WARN',
                           f'total {total:.3g} = {total / max_norm:.3g} x clip_grad max_norm '
-                          f'{max_norm:g}', 'clipping shrinks every step this much: lower the '
-                          'loss weights above, or raise max_norm', data))
+                          f'{max_norm:g}; {owner_shares(owners)}',
+                          'clipping shrinks every step this much, the student\'s included: '
+                          + clip_advice(max(owners, key=owners.get)), data))
     else:
         lines.append(Line('gradient norm', 'OK', f'total {total:.3g}, clip_grad max_norm '
                           f'{max_norm:g} (exceeded in {result["clipped"]} of {len(totals)} '
                           'batches)', data=data))
     return lines
+
+
+def owner_shares(owners: Dict[str, float]) -> str:
+    """'student 80%, distill_losses.loss_x 20%': each owner's share of the squared norm."""
+    squares = {owner: norm ** 2 for owner, norm in owners.items()}
+    whole = sum(squares.values()) or 1.0
+    return ', '.join(f'{owner} {sq / whole:.0%}' for owner, sq in
+                     sorted(squares.items(), key=lambda item: -item[1]))
+
+
+def clip_advice(owner: str) -> str:
+    """What lowers the gradient norm, by the owner of most of it."""
+    if owner.startswith('distill_losses.'):
+        return (f'most of it is the gradient of {owner}\'s own parameters (never the '
+                "student's): lower the weight of the terms that train them, or raise max_norm")
+    return 'lower the loss weights above, or raise max_norm'
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from .gt_boxes import (check_level_strides, gt_rois, image_ids, pool_instances,
                        roi_labels)
 from .receives import Receives
 from .rrd_memory import EXCLUDE, enqueue, gather_variable_rows, related_entries
-from .utils import float32_no_autocast
+from .utils import check_non_negative, float32_no_autocast
 
 
 def relational_distribution_loss(student_emb: Tensor,
@@ -205,8 +205,6 @@ class RRDLoss(nn.Module):
                  roi_output_size: int = 7,
                  loss_weight: float = 1.0) -> None:
         super().__init__()
-        if loss_weight < 0:
-            raise ValueError(f'RRDLoss: loss_weight must be >= 0, got {loss_weight}')
         if mode not in ('image', 'instance'):
             raise ValueError(f"RRDLoss: mode must be 'image' or 'instance', got {mode!r}")
         if exclude not in EXCLUDE:
@@ -232,7 +230,7 @@ class RRDLoss(nn.Module):
         self.divergence = divergence
         self.pos_iou_thr = pos_iou_thr
         self.num_negatives = num_negatives
-        self.loss_weight = loss_weight
+        self.loss_weight = check_non_negative(loss_weight, 'RRDLoss loss_weight')
         self.strides = None if strides is None else tuple(strides)
         self.finest_scale = finest_scale
         self.roi_output_size = roi_output_size

@@ -85,3 +85,23 @@ def test_input_gradient_norms_match_autograd_on_the_images(model):
     (grad, ) = torch.autograd.grad(detector, images)
     assert result['inputs']['detector'] == pytest.approx(float(grad.norm()), rel=1e-4)
     assert inputs.grad is None and not inputs.requires_grad  # the caller's batch untouched
+
+
+def test_total_norm_splits_by_owner_and_a_loss_owns_its_parameters(tmp_path):
+    cfg = copy.deepcopy(Config.fromfile(DEMO_PAIR).model)
+    cfg.teacher_ckpt = save_random_teacher(str(tmp_path / 'teacher.pth'))
+    cfg.distill_losses = dict(loss_unikd=dict(type='UniKDLoss', source='roi_embed'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg).train()
+    inputs, samples = synthetic_batch(shift=1.0)
+    result = loss_gradient_norms(model, inputs, samples)
+    # the gradients the call leaves on the parameters, summed per owner independently
+    own = [p.grad for p in model.distill_losses['loss_unikd'].parameters() if p.grad is not None]
+    student = [p.grad for p in model.student.parameters() if p.grad is not None]
+    assert set(result['owners']) == {'student', 'distill_losses.loss_unikd'}
+    assert result['owners']['distill_losses.loss_unikd'] == pytest.approx(
+        float(torch.cat([g.double().flatten() for g in own]).norm()), rel=1e-5)
+    assert result['owners']['student'] == pytest.approx(
+        float(torch.cat([g.double().flatten() for g in student]).norm()), rel=1e-5)
+    assert result['total'] ** 2 == pytest.approx(
+        sum(n ** 2 for n in result['owners'].values()), rel=1e-6)

@@ -92,6 +92,11 @@ def test_balance_suggests_the_weight_that_brings_the_share_to_one(demo_model):
     # the gradient is linear in the weight: 1000 x the weight, 1000 x the share
     assert heavy[0].data['share'] == pytest.approx(1000 * share, rel=1e-4)
     assert heavy[0].status == 'WARN' and 'drowns the detection loss' in heavy[0].advice
+    # FeatureMSELoss has no parameters: the student owns the whole norm
+    clip = heavy[-1]
+    assert clip.check == 'gradient norm' and clip.status == 'WARN'
+    assert set(clip.data['owners']) == {'student'} and 'student 100%' in clip.result
+    assert 'lower the loss weights above, or raise max_norm' in clip.advice
     suggested = heavy[0].data['suggested_weight']
     assert suggested == pytest.approx(2.0 / share, rel=1e-4)
     assert f'loss_weight {suggested:.3g} brings the share to 1' in heavy[0].advice
@@ -251,6 +256,18 @@ def test_loss_weight_1000x_warns_with_the_weight_to_use(tmp_path, shapes):
     assert line['data']['share'] > checks.SHARE_RANGE[1]
     assert line['data']['suggested_weight'] == pytest.approx(4000 / line['data']['share'])
     assert 'drowns the detection loss' in line['advice']
+
+
+def test_missing_data_fails_naming_the_file_and_the_setting(tmp_path):
+    teacher = save_random_teacher(str(tmp_path / 'teacher.pth'))
+    missing = str(tmp_path / 'no_data')
+    code, lines = preflight(tmp_path, missing, '--teacher-ckpt', teacher)
+    assert code == 1 and list(lines) == ['teacher load', 'teacher mAP', 'train data']
+    assert lines['teacher load']['status'] == 'OK'
+    for check, loader in (('teacher mAP', 'val_dataloader'), ('train data', 'train_dataloader')):
+        line = lines[check]
+        assert line['status'] == 'FAIL' and f'{loader}: no such file {missing}/' in line['result']
+        assert f'--cfg-options {loader}.dataset.data_root=DIR/' in line['advice']
 
 
 @pytest.mark.slow
