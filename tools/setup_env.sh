@@ -31,4 +31,7 @@ fi
 "${PIP[@]}" -r "$ROOT/requirements/tests.txt"
 "${PIP[@]}" --no-build-isolation -e "$ROOT"
 "$PY" -c "import kd_det, mmcv.ops, mmdet, torch; print('[setup_env] kd_det', kd_det.__version__, '| torch', torch.__version__, '| mmcv', __import__('mmcv').__version__, '| mmdet', mmdet.__version__)"
+# SSIMLoss compiles its fused CPU kernel on first use (~20 s, cached by torch): once here,
+# not inside the first training run or test session (without a compiler it falls back).
+"$PY" -c "import torch; from kd_det.losses import SSIMLoss; SSIMLoss()(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))"
 echo "$want" > "$STAMP"
