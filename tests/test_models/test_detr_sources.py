@@ -48,14 +48,19 @@ def test_detr_teacher_refuses_dense_source_for_a_one_stage_student(teachers):
               connectors=dict(in_channels=64, out_channels=256))
 
 
-def _pkd_reference(model, images, pairs):
-    """Sum over the expected level pairs of PKD on the two detectors' own extract_feat."""
+def assert_pkd_is_the_reference_on_the_pairs(model, image_size, pairs):
+    """The distiller's PKD on random images equals the sum over the expected level pairs
+    of PKD on the two detectors' own extract_feat (connectors applied to the student)."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *image_size)
     with torch.no_grad():
-        s = model.student.extract_feat(images)
-        t = model.teacher.extract_feat(images)
+        student, teacher = model.student.extract_feat(images), model.teacher_outputs(images)
+        got = model.distill_loss({'neck': list(student)}, teacher, [])['loss_pkd']
+        s, t = list(student), model.teacher.extract_feat(images)
         if model.connectors is not None:
             s = [model.connectors[i](f) if i in pairs else f for i, f in enumerate(s)]
-        return sum(6.0 * pkd_loss(s[i], t[j]) for i, j in pairs.items())
+        expected = sum(6.0 * pkd_loss(s[i], t[j]) for i, j in pairs.items())
+    torch.testing.assert_close(got, expected)
 
 
 def test_dino_5scale_teacher_pairs_with_4scale_student_by_stride(teachers):
@@ -64,12 +69,7 @@ def test_dino_5scale_teacher_pairs_with_4scale_student_by_stride(teachers):
     # the teacher's extra stride-4 level has no partner: student i <- teacher i + 1
     assert model.level_pairs['neck'] == {0: 1, 1: 2, 2: 3, 3: 4}
     assert model.level_strides['neck'] == ([8, 16, 32, 64], [4, 8, 16, 32, 64])
-    torch.manual_seed(0)
-    images = torch.randn(2, 3, 96, 128)
-    student, teacher = model.student.extract_feat(images), model.teacher_outputs(images)
-    with torch.no_grad():
-        got = model.distill_loss({'neck': list(student)}, teacher, [])['loss_pkd']
-    torch.testing.assert_close(got, _pkd_reference(model, images, {0: 1, 1: 2, 2: 3, 3: 4}))
+    assert_pkd_is_the_reference_on_the_pairs(model, (96, 128), {0: 1, 1: 2, 2: 3, 3: 4})
 
 
 def test_dino_teacher_for_a_faster_rcnn_student(teachers):
@@ -78,12 +78,7 @@ def test_dino_teacher_for_a_faster_rcnn_student(teachers):
                   connectors=dict(in_channels=64, out_channels=256))
     # student FPN strides 4-64, teacher ChannelMapper 8-64: student level 0 has no partner
     assert model.level_pairs['neck'] == {1: 0, 2: 1, 3: 2, 4: 3}
-    torch.manual_seed(0)
-    images = torch.randn(2, 3, 128, 128)
-    student, teacher = model.student.extract_feat(images), model.teacher_outputs(images)
-    with torch.no_grad():
-        got = model.distill_loss({'neck': list(student)}, teacher, [])['loss_pkd']
-    torch.testing.assert_close(got, _pkd_reference(model, images, {1: 0, 2: 1, 3: 2, 4: 3}))
+    assert_pkd_is_the_reference_on_the_pairs(model, (128, 128), {1: 0, 2: 1, 3: 2, 4: 3})
 
 
 def test_building_the_distiller_leaves_a_dino_student_config_as_it_was(teachers):
