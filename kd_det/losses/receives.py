@@ -26,7 +26,7 @@ Keyword arguments added when declared:
 - ``batch_data_samples``: the batch's data samples (boxes, labels, ``img_id``).
 - ``rois``: (R, 5) ``(image index, x1, y1, x2, y2)`` of the rows (RoI sources).
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 # Options the distiller can read off the models and set on a loss (derived).
 DERIVED_OPTIONS = ('strides', 'num_levels', 'in_channels', 'teacher_channels', 'finest_scale',
@@ -44,12 +44,15 @@ class Receives(NamedTuple):
         derived: ``__init__`` options the distiller sets from the models
             (a subset of :data:`DERIVED_OPTIONS`); a configured value that
             disagrees with the models is refused.
+        sources: the sources the loss can read (None: any); another
+            ``source`` is refused when the distiller is built.
     """
     all_levels: bool = False
     teacher_logits: bool = False
     data_samples: bool = False
     rois: bool = False
     derived: Tuple[str, ...] = ()
+    sources: Optional[Tuple[str, ...]] = None
 
 
 def receives_of(loss_cls: type) -> Receives:

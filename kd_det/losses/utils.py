@@ -56,3 +56,46 @@ def feature_pair_loss(name: str, fn, student: Tensor, teacher: Tensor, loss_weig
     with float32_no_autocast(student):
         student, teacher = as_float32_pair(student, teacher)
         return loss_weight * fn(student, teacher, *args)
+
+
+def level_channels(name: str, in_channels, teacher_channels, num_levels) -> Tuple[int, int]:
+    """``(channels, num_levels)`` of a loss that owns per-level modules on levels of one width.
+
+    ``in_channels`` (student, after connectors) and ``teacher_channels`` are ints or
+    per-level lists, all equal; the distiller derives all three.
+    """
+    widths = set()
+    for given in (in_channels, teacher_channels):
+        if given is not None:
+            widths.update(given if isinstance(given, (list, tuple)) else [given])
+    if teacher_channels is None or num_levels is None:
+        raise ValueError(f'{name} builds modules per level and needs teacher_channels and '
+                         f'num_levels (got {teacher_channels!r}, {num_levels!r}): the distiller '
+                         "derives them for source='neck' from the teacher's neck out_channels; "
+                         'give them when building the loss alone')
+    if len(widths) != 1:
+        raise ValueError(f'{name}: student levels have {in_channels} channels, teacher levels '
+                         f'{teacher_channels}; configure the distiller\'s connectors=dict('
+                         f'in_channels=<student>, out_channels=<teacher>) (a 1x1 conv, as the '
+                         'official align layer)')
+    if num_levels < 1:
+        raise ValueError(f'{name}: num_levels must be >= 1, got {num_levels!r}')
+    return widths.pop(), int(num_levels)
+
+
+def check_level_lists(name: str, student, teacher, num_levels: int, channels: int) -> None:
+    """Raise naming ``name`` unless both are lists of ``num_levels`` (N, ``channels``, H, W)
+    levels, student and teacher level of equal shape."""
+    if not isinstance(student, (list, tuple)) or not isinstance(teacher, (list, tuple)) \
+            or len(student) != num_levels or len(teacher) != num_levels:
+        raise ValueError(f'{name} was built for {num_levels} levels and is called with the '
+                         'lists of levels; got '
+                         f'{len(student) if isinstance(student, (list, tuple)) else student}'
+                         ' student and '
+                         f'{len(teacher) if isinstance(teacher, (list, tuple)) else teacher}'
+                         ' teacher levels')
+    for lvl, (s, t) in enumerate(zip(student, teacher)):
+        check_feature_pair(s, t, f'{name} level {lvl}')
+        if s.size(1) != channels:
+            raise ValueError(f'{name} level {lvl}: expected {channels} channels, got '
+                             f'{tuple(s.shape)}')

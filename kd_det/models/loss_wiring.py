@@ -87,7 +87,7 @@ def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
         if source in FEATURE_SOURCES:
             facts = {k: v(levels) if callable(v) else v for k, v in facts.items()}
             facts['num_levels'] = len(levels)
-        module, receives = _build_loss(name, cfg, facts)
+        module, receives = _build_loss(name, cfg, facts, source)
         modules[name] = module
         inputs[name] = LossEntry(source, levels, receives, schedule)
     return modules, inputs
@@ -112,8 +112,9 @@ def _check_levels(name: str, levels, paired: Sequence[int], num_levels: Optional
     return levels
 
 
-def _build_loss(name: str, cfg: dict, facts: dict):
-    """``(loss module, its Receives)``: ``cfg`` built with the derived options it declares."""
+def _build_loss(name: str, cfg: dict, facts: dict, source: str):
+    """``(loss module, its Receives)``: ``cfg`` built with the derived options it declares;
+    a ``source`` the loss does not declare it reads is refused."""
     loss_cls = MODELS.get(cfg['type'])
     if loss_cls is None:
         from .. import losses as kd_losses
@@ -122,6 +123,10 @@ def _build_loss(name: str, cfg: dict, facts: dict):
         raise KeyError(f'distill_losses[{name!r}]: unknown type {cfg["type"]!r}; kd_det '
                        f'provides {provided}')
     receives = receives_of(loss_cls)
+    if receives.sources is not None and source not in receives.sources:
+        raise ValueError(
+            f'distill_losses[{name!r}]: {cfg["type"]} cannot read source={source!r}; it reads '
+            f'{list(receives.sources)}: set source={receives.sources[0]!r}')
     for key in receives.derived:
         value = facts.get(key)
         if value is None:
