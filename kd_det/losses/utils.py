@@ -86,14 +86,13 @@ def level_channels(name: str, in_channels, teacher_channels, num_levels) -> Tupl
 def check_level_lists(name: str, student, teacher, num_levels: int, channels: int) -> None:
     """Raise naming ``name`` unless both are lists of ``num_levels`` (N, ``channels``, H, W)
     levels, student and teacher level of equal shape."""
-    if not isinstance(student, (list, tuple)) or not isinstance(teacher, (list, tuple)) \
-            or len(student) != num_levels or len(teacher) != num_levels:
+    def count(levels) -> str:
+        return str(len(levels)) if isinstance(levels, (list, tuple)) else type(levels).__name__
+
+    if count(student) != str(num_levels) or count(teacher) != str(num_levels):
         raise ValueError(f'{name} was built for {num_levels} levels and is called with the '
-                         'lists of levels; got '
-                         f'{len(student) if isinstance(student, (list, tuple)) else student}'
-                         ' student and '
-                         f'{len(teacher) if isinstance(teacher, (list, tuple)) else teacher}'
-                         ' teacher levels')
+                         f'lists of levels; got {count(student)} student and {count(teacher)} '
+                         'teacher levels')
     for lvl, (s, t) in enumerate(zip(student, teacher)):
         check_feature_pair(s, t, f'{name} level {lvl}')
         if s.size(1) != channels:

@@ -55,3 +55,22 @@ def test_fgd_on_the_backbone_is_refused_at_build(teacher_ckpt):
     with pytest.raises(ValueError, match=r"loss_fgd'\]: FGDLoss cannot read "
                                          r"source='backbone'.*set source='neck'"):
         demo_model('fgd', teacher_ckpt, source='backbone')
+
+
+@pytest.mark.parametrize('name', ['fgd', 'mgd'])
+def test_a_narrower_student_goes_through_the_connectors(name, teacher_ckpt):
+    """The official 1x1 align is the distiller's connectors: a 32-channel student FPN against
+    the 64-channel teacher builds the blocks on the teacher's 64 channels, and the connectors
+    are trained by the loss."""
+    cfg = Config.fromfile(DEMO[name]).model
+    cfg.teacher_ckpt = teacher_ckpt
+    cfg.student.neck.out_channels = 32
+    cfg.student.rpn_head.update(in_channels=32, feat_channels=32)
+    cfg.student.roi_head.bbox_roi_extractor.out_channels = 32
+    cfg.student.roi_head.bbox_head.in_channels = 32
+    cfg.connectors = dict(in_channels=32, out_channels=64)
+    model = MODELS.build(cfg)
+    assert model.distill_losses[f'loss_{name}'].channels == 64
+    inputs, samples = synthetic_batch(2, 64)
+    model.loss(inputs, samples)[f'loss_{name}'].backward()
+    assert all(model.connectors[lvl].conv.weight.grad is not None for lvl in range(4))
