@@ -200,3 +200,20 @@ def test_a_teacher_level_of_another_width_is_refused_naming_both():
     with pytest.raises(ValueError, match='in_channels=8, but the teacher backbone level 0 '
                                          'has 4 channels'):
         connectors([torch.randn(2, 4, 3, 3)])
+
+
+def test_analysis_tools_read_the_taps(teacher_ckpt):
+    """loss_balance's gradient norms and the similarity maps' features are the tapped
+    levels, as the losses see them."""
+    from kd_det.analysis.loss_balance import loss_gradient_norms
+    from kd_det.analysis.similarity import distill_features
+    model = MODELS.build(model_cfg(teacher_ckpt)).train()
+    inputs, samples = synthetic_batch(num=2, size=64)
+    norms = loss_gradient_norms(model, inputs, samples)['levels']
+    assert len(norms['loss_cwd']) == 3 and all(n > 0 for n in norms['loss_cwd'])
+    student, teacher = distill_features(model, inputs)
+    assert sorted(student) == sorted(teacher) == [0, 1, 2]
+    for lvl in range(3):
+        assert student[lvl].shape == teacher[lvl].shape
+        assert student[lvl].shape[1] == 64  # through the connectors
+        assert teacher[lvl].mean((0, 2, 3)).abs().max() < 1e-5  # through the teacher BN
