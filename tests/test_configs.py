@@ -206,8 +206,14 @@ def test_config_levels_have_teacher_partners(path):
     assert s_strides and t_strides, (s_strides, t_strides)
     pairs = model_cfg.get('level_pairs')
     for name, loss in model_cfg.distill_losses.items():
-        if loss.get('source', 'neck') in ROI_SOURCES:
+        source = loss.get('source', model_cfg.get('feature_source', 'neck'))
+        if source in ROI_SOURCES:
             assert 'levels' not in loss, f'{name}: RoI sources have no levels'
+            continue
+        if source == 'taps':  # tap i pairs with tap i
+            taps = model_cfg.taps
+            assert len(taps.student) == len(taps.teacher), (name, taps)
+            assert all(0 <= lvl < len(taps.student) for lvl in loss.get('levels', [])), name
             continue
         levels = loss.get('levels', list(range(len(s_strides))))
         for lvl in levels:
@@ -287,3 +293,62 @@ def test_rtmdet_configs_keep_the_students_recipe_hooks(path):
     switch = theirs['PipelineSwitchHook']['switch_epoch']
     for name, loss in cfg.model.distill_losses.items():
         assert loss.get('stop_epoch') == switch, (name, loss.get('stop_epoch'), switch)
+
+
+# MMYOLO's RTMDet distillation recipe, transcribed from open-mmlab/mmyolo
+# configs/rtmdet/distillation/kd_{student}_rtmdet_{teacher}_neck_300e_coco.py (commit
+# 281f7727364068194075be06da378318f3ca79b3; docs: /work/shared/docs/methods.md, "MMYOLO's
+# RTMDet distillation recipe"): {(student, teacher): (ConvModuleConnector in_channel,
+# out_channel = NormConnector in_channels)}. Recorders neck.out_layers.{0,1,2}.conv, mmdet's
+# neck.out_convs.{0,1,2}.conv; norm BN(affine=False, track_running_stats=False) on both
+# sides, no activation, no bias; ChannelWiseDivergence tau 1, loss_weight 1 per level;
+# stopped at epoch 280; EMAHook ExpMomentumEMA momentum 0.0002 update_buffers=True;
+# PipelineSwitchHook at max_epochs - num_epochs_stage2 = 300 - 20.
+MMYOLO_RTMDET = {('tiny', 's'): (96, 128), ('s', 'm'): (128, 192), ('m', 'l'): (192, 256),
+                 ('l', 'x'): (256, 320)}
+MMYOLO_TAPS = ['neck.out_convs.0.conv', 'neck.out_convs.1.conv', 'neck.out_convs.2.conv']
+
+
+@pytest.mark.parametrize('pair', sorted(MMYOLO_RTMDET), ids='-'.join)
+def test_rtmdet_recipe_configs_are_mmyolos(pair):
+    """The built model and the hooks of configs/rtmdet/cwd_rtmdet_{teacher}-to-{student}
+    are MMYOLO's recipe for that pair, on mmdet's RTMDet configs and checkpoints."""
+    from torch import nn
+    from kd_det.losses import CWDLoss
+    student, teacher = pair
+    s_width, t_width = MMYOLO_RTMDET[pair]
+    path = osp.join(REPO, 'configs', 'rtmdet', f'cwd_rtmdet_{teacher}-to-{student}_300e_coco.py')
+    cfg = read_config(path)
+    assert cfg.model.teacher_config == f'mmdet::rtmdet/rtmdet_{teacher}_8xb32-300e_coco.py'
+    mmdet_student = read_model_config(f'mmdet::rtmdet/rtmdet_{student}_8xb32-300e_coco.py')
+    assert _unscoped(cfg.model.student) == _unscoped(mmdet_student.model)
+    model = build_on_meta(cfg.model)
+    for side, net in (('student', model.student), ('teacher', model.teacher)):
+        assert model.taps.paths[side] == MMYOLO_TAPS
+        for tap in MMYOLO_TAPS:  # the raw conv of a ConvModule that normalises and activates
+            conv_module = net.get_submodule(tap.rsplit('.', 1)[0])
+            assert type(net.get_submodule(tap)) is nn.Conv2d, tap
+            assert conv_module.with_norm and conv_module.with_activation, tap
+    assert model.taps.widths('student') == [s_width] * 3
+    assert model.taps.widths('teacher') == [t_width] * 3
+    assert len(model.connectors) == 3
+    for conn in model.connectors:
+        assert (conn.conv.in_channels, conn.conv.out_channels) == (s_width, t_width)
+        assert conn.conv.kernel_size == (1, 1) and conn.conv.bias is None
+        assert type(conn.norm) is nn.BatchNorm2d and not conn.with_activation
+        assert not conn.norm.affine and not conn.norm.track_running_stats
+    assert len(model.teacher_connectors.norms) == 3
+    for norm in model.teacher_connectors.norms:
+        assert type(norm) is nn.BatchNorm2d and norm.num_features == t_width
+        assert not norm.affine and not norm.track_running_stats
+    assert list(model.distill_losses) == ['loss_cwd']
+    loss, entry = model.distill_losses['loss_cwd'], model.loss_inputs['loss_cwd']
+    assert type(loss) is CWDLoss and (loss.tau, loss.loss_weight) == (1.0, 1.0)
+    assert (entry.source, entry.levels) == ('taps', [0, 1, 2])
+    assert model.level_pairs['taps'] == {0: 0, 1: 1, 2: 2}
+    assert (entry.schedule.warmup_iters, entry.schedule.stop_epoch) == (0, 280)
+    hooks = {h.type: h for h in cfg.custom_hooks}
+    assert cfg.train_cfg.max_epochs == 300
+    assert hooks['PipelineSwitchHook'].switch_epoch == 280
+    ema = hooks['EMAHook']
+    assert (ema.ema_type, ema.momentum, ema.update_buffers) == ('ExpMomentumEMA', 0.0002, True)

@@ -1,4 +1,5 @@
-# configs/rtmdet's recipe at demo scale: CWD on the 3 neck levels (the student's 32 channels
+# configs/rtmdet's own cwd-kd form at demo scale (its MMYOLO recipe form:
+# ./cwd_rtmdet_micro-to-nano_shapes.py): CWD on the 3 neck levels (the student's 32 channels
 # through a 1x1 conv + BN connector to the teacher's 64) and KL on the dense head's sigmoid
 # class logits, with the student's EMA and pipeline switch; distillation stops where the
 # pipeline switches (`stop_epoch` = the hook's `switch_epoch`, 0-based).

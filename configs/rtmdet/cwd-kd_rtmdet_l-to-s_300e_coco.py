@@ -1,3 +1,5 @@
+# kd_det's own pair and recipe, no published result for this pair (MMYOLO's recipe and
+# pairs: ./cwd_rtmdet_*_300e_coco.py).
 # CWD + dense logit KD: RTMDet-l teacher (mmdet model zoo, 51.3 box AP) -> RTMDet-s student
 # (44.5 alone). The x -> s recipe (student, schedule, losses, hooks) with the teacher swapped;
 # the connector maps the student's 128 channels to the l teacher's 256.

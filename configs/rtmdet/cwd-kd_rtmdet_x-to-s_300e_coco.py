@@ -1,3 +1,5 @@
+# kd_det's own pair and recipe, no published result for this pair (MMYOLO's recipe and
+# pairs: ./cwd_rtmdet_*_300e_coco.py).
 # CWD + dense logit KD: RTMDet-x teacher (mmdet model zoo, 52.6 box AP) -> RTMDet-s student
 # (44.5 alone), MS-COCO, mmdet's 300-epoch recipe unchanged: 8 GPUs x 32 images, AdamW,
 # CachedMosaic + CachedMixUp for 280 epochs, then the plain pipeline (PipelineSwitchHook),

@@ -1,5 +1,5 @@
 # SSIM feature distillation on RetinaNet's 5 FPN levels, lambda = 2
-# (paper: RetinaNet R101 -> R50 36.4 -> 40.1 AP, 2x-style setting; see README).
+# (paper: RetinaNet R101 -> R50 36.4 -> 40.1 AP; schedule not confirmed, see README).
 _base_ = '../_base_/retinanet_r101-to-r50_fpn_1x_coco.py'
 model = dict(
     distill_losses=dict(

@@ -27,7 +27,7 @@ def loss_gradient_norms(model: nn.Module, inputs: Tensor, samples: list,
     source = model.feature_source
     model.zero_grad(set_to_none=True)
     inputs = inputs.detach().requires_grad_(True)
-    with StudentTaps(model.student, {source}) as taps:
+    with StudentTaps(model.student, {source}, model.taps) as taps:
         losses = model.loss(inputs, samples)
     feats = list(taps.get(source))
     # the detector's own total, summed as mmengine does (lists of per-level terms included)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError, load_fitting_weights, read_state_dict
 from ..losses.ssim import SSIMLoss, minmax_normalize
 from ..losses.ssim import ssim_map as channel_ssim_map
+from ..models.distill_sources import StudentTaps
 
 DISTILL_TYPE = 'FeatureDistillDetector'
 #: the prefixes of a distillation checkpoint's keys that the maps need
@@ -216,8 +217,11 @@ def distill_features(model: nn.Module, inputs: Tensor) -> Tuple[Dict[int, Tensor
     (the student through its connectors, the teacher level of the same stride)."""
     source = model.feature_source
     run = model.student.backbone if source == 'backbone' else model.student.extract_feat
+    with StudentTaps(model.student, {source} & {'taps'}, model.taps) as taps:
+        feats = run(inputs)
+    feats = taps.get('taps') if source == 'taps' else feats
     student, teacher = model.paired_features(
-        list(run(inputs)), model.teacher_outputs(inputs, features_only=True)[source], source)
+        list(feats), model.teacher_outputs(inputs, features_only=True)[source], source)
     return student, teacher
 
 

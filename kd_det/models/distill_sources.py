@@ -2,6 +2,8 @@
 
 - ``'neck'`` / ``'backbone'``: feature levels (N, C, H, W), student level ``i``
   against the teacher level of the same stride.
+- ``'taps'``: the outputs of the modules the distiller's ``taps`` option names
+  (:mod:`.module_taps`), student tap ``i`` against teacher tap ``i``.
 - ``'roi_cls'`` / ``'roi_reg'``: the class logits (R, K + 1) / box deltas of the
   student's RoI head on its own sampled RoIs, against the teacher's RoI head
   evaluated on the same RoIs (teacher features, teacher RoI extractor): row r of
@@ -26,7 +28,7 @@ import torch
 from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
 from torch import Tensor, nn
 
-FEATURE_SOURCES = ('neck', 'backbone')
+FEATURE_SOURCES = ('neck', 'backbone', 'taps')
 ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
 DENSE_SOURCES = ('dense_cls', 'dense_reg')
 SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES
@@ -39,14 +41,21 @@ class StudentTaps:
     ``'backbone'`` outputs, ``'rois'`` (the (R, 5) RoIs given to the box RoI
     extractor), ``'roi'`` (the box head's (cls_score, bbox_pred)),
     ``'roi_embed'`` (the (R, D) input of the box head's ``fc_cls``), ``'dense'``
-    (the dense head's per-level outputs).
+    (the dense head's per-level outputs), ``'taps'`` (the outputs of the modules
+    ``module_taps``, a :class:`~.module_taps.ModuleTaps`, names for the student).
     """
 
-    def __init__(self, student: nn.Module, sources: Set[str]) -> None:
+    def __init__(self, student: nn.Module, sources: Set[str], module_taps=None) -> None:
         self.student = student
         self.sources = sources
         self.records: Dict[str, List] = {}
         self._handles: List = []
+        self._taps = None
+        if 'taps' in sources:
+            if module_taps is None:
+                raise ValueError("source 'taps' reads the modules named by the distiller's "
+                                 '`taps` option, and none is configured')
+            self._taps = module_taps.record('student', student)
 
     def _record(self, key: str, value) -> None:
         self.records.setdefault(key, []).append(value)
@@ -66,6 +75,8 @@ class StudentTaps:
                     lambda module, args: self._record('roi_embed', args[0])))
         if self.sources & set(DENSE_SOURCES):
             self._hook_output(self.student.bbox_head, 'dense')
+        if self._taps is not None:
+            self._taps.__enter__()
         return self
 
     def _hook_output(self, module: nn.Module, key: str) -> None:
@@ -76,9 +87,13 @@ class StudentTaps:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._taps is not None:
+            self._taps.__exit__()
 
     def get(self, key: str):
-        """The one tensor (or tuple) recorded under ``key``."""
+        """The one tensor (or tuple) recorded under ``key``; ``'taps'``: the list."""
+        if key == 'taps':
+            return self._taps.levels()
         values = self.records.get(key, [])
         if len(values) != 1:
             raise RuntimeError(f"expected the student's loss() to compute its {key!r} "

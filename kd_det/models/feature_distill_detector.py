@@ -19,7 +19,9 @@ from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, Stude
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_sources
+from .module_taps import build_taps, teacher_levels
 from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
+from .teacher_connectors import build_teacher_connectors
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
 NONFINITE_MODES = ('error', 'skip')
@@ -49,7 +51,7 @@ class FeatureDistillDetector(BaseDetector):
         teacher_ckpt: teacher weights, a local path or an ``http(s)://`` URL.
         distill_losses: ``{log_name: loss_cfg}``; each ``loss_cfg`` is a
             registered loss plus optional ``source`` (default
-            ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'roi_cls'``,
+            ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'taps'``, ``'roi_cls'``,
             ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``),
             ``levels`` (student levels; default every student level with a
             teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
@@ -61,10 +63,14 @@ class FeatureDistillDetector(BaseDetector):
             channels on the ``feature_source`` levels: one dict
             ``dict(in_channels, out_channels, norm_cfg=None, act_cfg=None)`` for
             every level, or a list with one dict or ``None`` per level.
+        teacher_connectors: parameter-free norms of the teacher's ``feature_source``
+            levels, ``dict(norm_cfg)`` or a list (:mod:`.teacher_connectors`).
+        taps: ``dict(student=[module path, ...], teacher=[...])``, the modules that
+            source ``'taps'`` reads, tap i against tap i (:mod:`.module_taps`).
         spatial_align: ``'error'`` (default) rejects paired levels of different
             size; ``'interpolate'`` resizes the student's level bilinearly
             (for rounding differences: the levels are already of equal stride).
-        feature_source: the default ``source``, ``'neck'`` or ``'backbone'``.
+        feature_source: the default ``source``, ``'neck'``, ``'backbone'`` or ``'taps'``.
         teacher_strict: refuse a teacher checkpoint with missing, unexpected
             or mis-shaped keys (default). ``False`` loads what fits and warns.
         nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
@@ -78,6 +84,7 @@ class FeatureDistillDetector(BaseDetector):
                  distill_losses: Dict[str, dict],
                  level_pairs: Optional[Sequence[Sequence[int]]] = None,
                  connectors: Union[None, dict, Sequence[Optional[dict]]] = None,
+                 teacher_connectors=None, taps: Optional[dict] = None,
                  spatial_align: str = 'error',
                  feature_source: str = 'neck',
                  teacher_strict: bool = True,
@@ -106,6 +113,7 @@ class FeatureDistillDetector(BaseDetector):
             data_preprocessor, teacher_cfg.get('data_preprocessor'))
 
         self.sources = set(sources.values())
+        self.taps = build_taps(taps, self.sources, self.student, self.teacher)
         derived = check_sources(self.sources, self.student, self.teacher)
         # Dense heads read the neck levels, so dense sources pair like the neck.
         level_kinds = {s if s in FEATURE_SOURCES else 'neck'
@@ -120,8 +128,12 @@ class FeatureDistillDetector(BaseDetector):
                 self.level_strides[source] = self.level_strides['neck']
         num_levels = {kind: len(s) if s else None
                       for kind, (s, _) in self.level_strides.items()}
+        if self.taps is not None:  # taps have no strides
+            num_levels['taps'] = len(self.taps.paths['student'])
 
         self.connectors = build_connectors(connectors, num_levels.get(feature_source))
+        self.teacher_connectors = build_teacher_connectors(
+            teacher_connectors, feature_source, teacher_cfg, self.level_strides, self.taps)
         s_channels = feature_channels(student, feature_source)
         t_channels = feature_channels(teacher_cfg, feature_source)
         if connectors is None and feature_source in self.sources \
@@ -139,7 +151,9 @@ class FeatureDistillDetector(BaseDetector):
 
     def _pair_levels(self, kind: str, level_pairs) -> None:
         """Pair the student's and teacher's ``kind`` ('neck'/'backbone') levels; log it."""
-        if level_pairs is None:
+        if kind == 'taps':  # no strides: tap i pairs with tap i, or as level_pairs says
+            strides, (pairs, how) = (None, None), self.taps.pairs(level_pairs)
+        elif level_pairs is None:
             strides = (level_strides(self.student, kind), level_strides(self.teacher, kind))
             pairs, how = pair_levels(*strides), 'by stride'
         else:
@@ -202,7 +216,7 @@ class FeatureDistillDetector(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict:
         """The student's own losses plus one entry per distillation loss."""
         factors = self._schedule_factors()
-        with StudentTaps(self.student, self.sources) as taps:
+        with StudentTaps(self.student, self.sources, self.taps) as taps:
             losses = self.student.loss(batch_inputs, batch_data_samples)
         clash = sorted(set(losses) & set(self.distill_losses))
         if clash:
@@ -256,25 +270,21 @@ class FeatureDistillDetector(BaseDetector):
     @torch.no_grad()
     def teacher_outputs(self, batch_inputs: Tensor, rois: Optional[Tensor] = None,
                         features_only: bool = False) -> Dict[str, object]:
-        """What the losses read of the teacher: 'neck', 'backbone', 'roi', 'dense'.
+        """What the losses read of the teacher: 'neck', 'backbone', 'taps', 'roi', 'dense';
+        the ``feature_source`` levels through the teacher connectors (its heads read raw).
 
         ``rois`` (R, 5) are the student's sampled RoIs, needed by RoI sources;
         ``features_only`` skips the heads (the feature levels alone).
         """
-        inputs = self.teacher_inputs(batch_inputs)
-        out: Dict[str, object] = {}
-        feats = self.teacher.backbone(inputs)
-        if 'backbone' in self.sources:
-            out['backbone'] = list(feats)
-        if self.sources - {'backbone'}:
-            out['neck'] = list(self.teacher.neck(feats) if self.teacher.with_neck else feats)
-        if features_only:
-            return out
-        if self.sources & set(ROI_SOURCES):
+        out: Dict[str, object] = teacher_levels(
+            self.teacher, self.teacher_inputs(batch_inputs), self.sources, self.taps)
+        if self.sources & set(ROI_SOURCES) and not features_only:
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
                                              embed='roi_embed' in self.sources)
-        if self.sources & set(DENSE_SOURCES):
+        if self.sources & set(DENSE_SOURCES) and not features_only:
             out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
+        if self.teacher_connectors is not None:
+            out[self.feature_source] = self.teacher_connectors(out[self.feature_source])
         return out
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],

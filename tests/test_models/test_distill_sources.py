@@ -135,7 +135,7 @@ def test_derived_options_are_set_and_disagreeing_ones_refused(ckpts):
     ('dense_on_two_stage', r"'dense_cls' needs a single-stage student"),
     ('classes', r'differ in num_classes: student 7, teacher 5'),
     ('activation', r"differ in activation: student 'softmax', teacher 'sigmoid'"),
-    ('typo', r"source='roi_clss' is not one of \['neck', 'backbone', 'roi_cls'"),
+    ('typo', r"source='roi_clss' is not one of \['neck', 'backbone', 'taps', 'roi_cls'"),
     ('levels_on_rois', r'has no levels'),
 ])
 def test_impossible_requests_are_refused(ckpts, tmp_path, case, match):

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 DEMO = osp.join(REPO, 'configs', 'demo_modern')
 RTMDET = dict(student='rtmdet_nano_shapes.py', teacher='rtmdet_micro_shapes.py',
               distill='cwd-kd_rtmdet_micro-to-nano_shapes.py')
+RTMDET_MMYOLO = dict(RTMDET, distill='cwd_rtmdet_micro-to-nano_shapes.py')
 DINO = dict(student='dino-4scale_r18-tiny_shapes.py', teacher='dino-5scale_r34-half_shapes.py',
             distill='pkd_dino-5scale-to-4scale_shapes.py')
 # Point a demo_modern config at the generated dataset: 2 iterations of 4 images per epoch.
@@ -222,6 +223,26 @@ def test_rtmdet_teacher_sees_the_augmented_batch(shapes, tmp_path):
     for train_input in seen['student']:
         assert train_input.shape == (4, 3, 128, 128)
         assert any(torch.equal(train_input, t) for t in seen['teacher'])
+
+
+def test_rtmdet_mmyolo_recipe_trains_end_to_end(shapes, tmp_path):
+    """MMYOLO's recipe form (configs/rtmdet/cwd_rtmdet_*: the raw neck convs tapped on both
+    networks, student 1x1 conv + BN connectors, teacher BN) through tools/train.py for one
+    epoch of 2 iterations with the student's EMA: CWD acts in every step, the taps pair in
+    order, and the checkpoint holds the student and connectors, averaged and raw, with no
+    teacher and no teacher-connector state."""
+    from kd_det.analysis.curves import load_scalars
+    run = family(str(tmp_path), shapes, RTMDET_MMYOLO)
+    out = run_tool('tools/train.py', run['distill'], '--work-dir', run['work'],
+                   '--cfg-options', 'train_cfg.max_epochs=1')
+    assert ('taps level pairing (in tap order): student 0 <- teacher 0, student 1 <- '
+            'teacher 1, student 2 <- teacher 2') in out.stdout + out.stderr
+    values = [e['loss_cwd'] for e in load_scalars(run['work'])['train'] if 'loss_cwd' in e]
+    assert len(values) == 2 and all(0 < v < float('inf') for v in values), values
+    ckpt = torch.load(osp.join(run['work'], 'epoch_1.pth'))
+    state = set(ckpt['state_dict'])
+    assert {k.split('.')[0] for k in state} == {'student', 'connectors'}
+    assert set(ckpt['ema_state_dict']) == {'module.' + k for k in state} | {'steps'}
 
 
 # --------------------------------------------------------------------------------- DINO
