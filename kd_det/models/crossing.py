@@ -22,7 +22,6 @@ The teacher is frozen (its parameters get no gradient) but this pass is not unde
 """
 from typing import Dict, List, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from torch import Tensor, nn
@@ -77,7 +76,8 @@ def stacked_head(model: nn.Module, side: str) -> nn.Module:
     if getattr(model, 'roi_head', None) is not None:
         raise ValueError(
             f"CrossKD crosses a single-stage dense head's stacked convs into the teacher's; "
-            f'the {side} {name} is a two-stage detector (RoI head {type(model.roi_head).__name__}). '
+            f'the {side} {name} is a two-stage detector '
+            f'(RoI head {type(model.roi_head).__name__}). '
             "For two-stage pairs use LogitKDLoss / BoxDeltaKDLoss on source='roi_cls' / "
             "'roi_reg', or a feature loss (PKDLoss) on the neck; CrossKD fits RetinaNet, GFL "
             'and ATSS pairs')

@@ -12,7 +12,6 @@ official code runs them (kd_det's losses get every level's rows at once):
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kd_det.losses  # noqa: F401  (registers the losses)
 from kd_det.losses import CrossKDBinsLoss, CrossKDBoxLoss, CrossKDClsLoss, LDLoss

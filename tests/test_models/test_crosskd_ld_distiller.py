@@ -94,7 +94,8 @@ def official_align_scale(s, t):
 
 
 def official_reuse(head, k, s_cls, s_reg, t_cls, t_reg, predict):
-    cls, reg = F.relu(official_align_scale(s_cls, t_cls)), F.relu(official_align_scale(s_reg, t_reg))
+    cls = F.relu(official_align_scale(s_cls, t_cls))
+    reg = F.relu(official_align_scale(s_reg, t_reg))
     for i in range(k, len(head.cls_convs)):
         cls, reg = head.cls_convs[i](cls), head.reg_convs[i](reg)
     return predict(head, cls, reg)
