@@ -187,6 +187,8 @@ def test_crosskd_anchor_heads_are_the_official_arithmetic(ckpts, atss_ckpt, head
         giou = ref_giou(coder.decode(anc, rows(c_reg, 4)), coder.decode(anc, rows(t[1], 4)))
         reg_kd = reg_kd + (giou * w).sum() / (avg_factor + EPS)
     assert avg_factor > 0  # the student has positives
+    # conv.activate is mmcv's in-place ReLU: the kept features are the activated ones
+    assert all((held >= 0).all() for out in s_out + t_out for held in out[2:])
     torch.testing.assert_close(losses['loss_cls_kd'], cls_kd)
     torch.testing.assert_close(losses['loss_reg_kd'], reg_kd)
     # the KD gradients reach the student's convs before k through the teacher's layers
