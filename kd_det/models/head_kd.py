@@ -52,6 +52,9 @@ class HeadKD:
             if (wants or receives.reg_form) and source not in ROW_SOURCES:
                 raise ValueError(f'{what} reads {wants or receives.reg_form} of a dense head: '
                                  f"its source must be one of {list(ROW_SOURCES)}, not {source!r}")
+            if receives.reg_form and not source.endswith('_reg'):
+                raise ValueError(f"{what} reads regression rows: source 'dense_reg' or "
+                                 f"'cross_reg', not {source!r}")
             if receives.student_logits and source not in DENSE_SOURCES:
                 raise ValueError(f"{what} reads the student's logits: source 'dense_cls' or "
                                  f"'dense_reg', not {source!r}")

@@ -256,6 +256,8 @@ def test_crosskd_gfl_and_ld_are_the_official_arithmetic(ckpts):
      dict(reused_teacher_head_idx=1), r"no loss reads source 'cross_cls' or 'cross_reg'"),
     ('gfl', CROSS_RETINA, dict(student=CONFIGS['retina'][0]),
      r'same head type, got student RetinaHead and teacher GFLHead'),
+    ('gfl', dict(loss_ld=dict(type='LDLoss', source='dense_cls')), {},
+     r"\(LDLoss\) reads regression rows: source 'dense_reg' or 'cross_reg', not 'dense_cls'"),
     ('retina', dict(loss_cls_kd=dict(type='CrossKDClsLoss', source='neck')), {},
      r"\(CrossKDClsLoss\) reads \['assignment'\] of a dense head: its source must be"),
 ])
