@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .connectors import build_connectors
 from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, StudentTaps,
                               check_sources, feature_channels, prediction_rows, roi_finest_scale,
-                              teacher_dense_outputs, teacher_roi_outputs)
+                              teacher_roi_outputs)
 from .head_kd import ROW_SOURCES, HeadKD
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
@@ -285,9 +285,7 @@ class FeatureDistillDetector(BaseDetector):
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
                                              embed='roi_embed' in self.sources)
         if self.sources & set(ROW_SOURCES):
-            with self.head_kd.teacher_taps() as held:
-                out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
-            out['held'] = held and held.levels
+            out['dense'], out['held'] = self.head_kd.teacher_dense(self.teacher, out['neck'])
         return out
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],

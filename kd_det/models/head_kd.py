@@ -17,7 +17,8 @@ from torch import nn
 
 from .assignment import AssignmentTap, assignment_rows, check_assignment_readable
 from .crossing import HeldFeatures, check_index, cross_predictions
-from .distill_sources import CROSS_SOURCES, DENSE_SOURCES, prediction_rows, prior_rows
+from .distill_sources import (CROSS_SOURCES, DENSE_SOURCES, prediction_rows, prior_rows,
+                              teacher_dense_outputs)
 
 ROW_SOURCES = DENSE_SOURCES + CROSS_SOURCES
 
@@ -69,11 +70,12 @@ class HeadKD:
         """Context manager around the student's ``loss()``: ``records()`` after it."""
         return _StudentTaps(self)
 
-    def teacher_taps(self):
-        """Context manager around the teacher's dense head: its held features, if crossing."""
+    def teacher_dense(self, teacher: nn.Module, feats) -> tuple:
+        """(the teacher dense head's outputs on ``feats``, its held features when crossing)."""
         if not self.crossing:
-            return contextlib.nullcontext(None)
-        return HeldFeatures(self.teacher_head, self.index)
+            return teacher_dense_outputs(teacher, feats), None
+        with HeldFeatures(self.teacher_head, self.index) as held:
+            return teacher_dense_outputs(teacher, feats), held.levels
 
     def cross(self, student: dict, teacher: dict) -> None:
         """Adds ``student['cross']``: the teacher head's outputs on the crossed features."""
