@@ -54,6 +54,12 @@ REQUIRED = [
     'dino/pkd_dino-4scale_r50-to-faster-rcnn_r50_fpn_1x_coco.py',
     'demo_modern/cwd-kd_rtmdet_micro-to-nano_shapes.py',
     'demo_modern/pkd_dino-5scale-to-4scale_shapes.py',
+    # issue 31: CrossKD's and LD's published pairs
+    'crosskd/crosskd_gfl_r101-ms-2x-to-r50_fpn_1x_coco.py',
+    'crosskd/crosskd_retinanet_r101-to-r50_fpn_2x_coco.py',
+    'ld/ld_gfl_r101-ms-2x-to-r18_fpn_1x_coco.py',
+    'ld/ld_gfl_r101-ms-2x-to-r34_fpn_1x_coco.py',
+    'ld/ld_gfl_r101-ms-2x-to-r50_fpn_1x_coco.py',
 ]
 # Hooks a distillation config may keep from its student's mmdet recipe (RTMDet's).
 RECIPE_HOOKS = ('EMAHook', 'PipelineSwitchHook')

@@ -1,8 +1,11 @@
 """Distillation losses; importing this module registers them in mmdet's MODELS registry."""
 from .box_kd import BoxDeltaKDLoss, box_delta_kd_loss  # noqa: F401
+from .crosskd import (CrossKDBinsLoss, CrossKDBoxLoss, CrossKDClsLoss,  # noqa: F401
+                      kd_quality_focal_loss)
 from .cwd import CWDLoss, cwd_loss  # noqa: F401
 from .feature_mse import FeatureMSELoss, feature_mse_loss  # noqa: F401
 from .fgd import FGDLoss, box_masks, fgd_attention  # noqa: F401
+from .ld import LDLoss  # noqa: F401
 from .logit_kd import LogitKDLoss, sigmoid_kd_loss, softmax_kd_loss  # noqa: F401
 from .mgd import MGDLoss, mgd_loss  # noqa: F401
 from .pkd import PKDLoss, pkd_loss  # noqa: F401

@@ -25,12 +25,23 @@ Keyword arguments added when declared:
 - ``teacher_logits``: (R, K) class-logit rows of the teacher on the same rows.
 - ``batch_data_samples``: the batch's data samples (boxes, labels, ``img_id``).
 - ``rois``: (R, 5) ``(image index, x1, y1, x2, y2)`` of the rows (RoI sources).
+- ``assignment``: the student dense head's own label assignment of the rows, an
+  :class:`kd_det.models.assignment.Assignment` (``labels``, ``label_weights``,
+  ``avg_factor``, ``priors``), observed in its ``loss()`` (dense and cross sources).
+- ``student_logits``: (R, K) class-logit rows of the student's dense head on the same rows.
+
+``reg_form`` asks for the regression rows of ``'dense_reg'`` / ``'cross_reg'`` in one
+form, and the distiller refuses heads that cannot give it: ``'boxes'`` (R, 4) boxes
+decoded with the student head's box coder and priors, ``'bins'`` (R, 4 * (reg_max + 1))
+box-distribution logits of a GFL-style head.
 """
 from typing import NamedTuple, Optional, Tuple
 
 # Options the distiller can read off the models and set on a loss (derived).
 DERIVED_OPTIONS = ('strides', 'num_levels', 'in_channels', 'teacher_channels', 'finest_scale',
                    'activation', 'num_classes')
+# Forms the distiller can give regression rows in (``Receives.reg_form``).
+REG_FORMS = (None, 'boxes', 'bins')
 
 
 class Receives(NamedTuple):
@@ -46,6 +57,9 @@ class Receives(NamedTuple):
             disagrees with the models is refused.
         sources: the sources the loss can read (None: any); another
             ``source`` is refused when the distiller is built.
+        assignment: also pass ``assignment=`` (the student's dense-head assignment).
+        student_logits: also pass ``student_logits=`` (dense and cross sources).
+        reg_form: ``None`` (the head's raw regression rows), ``'boxes'`` or ``'bins'``.
     """
     all_levels: bool = False
     teacher_logits: bool = False
@@ -53,6 +67,9 @@ class Receives(NamedTuple):
     rois: bool = False
     derived: Tuple[str, ...] = ()
     sources: Optional[Tuple[str, ...]] = None
+    assignment: bool = False
+    student_logits: bool = False
+    reg_form: Optional[str] = None
 
 
 def receives_of(loss_cls: type) -> Receives:
@@ -65,4 +82,7 @@ def receives_of(loss_cls: type) -> Receives:
     if unknown:
         raise ValueError(f'{loss_cls.__name__}.receives.derived names {sorted(unknown)}; '
                          f'the distiller derives {list(DERIVED_OPTIONS)}')
+    if declared.reg_form not in REG_FORMS:
+        raise ValueError(f'{loss_cls.__name__}.receives.reg_form={declared.reg_form!r} is not '
+                         f'one of {list(REG_FORMS)}')
     return declared

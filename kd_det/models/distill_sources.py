@@ -16,6 +16,8 @@
   ``Shared4Conv1FCBBoxHead``) on both sides.
 - ``'dense_cls'`` / ``'dense_reg'``: a single-stage head's per-level outputs,
   flattened to one row per prior, (sum_l N * H_l * W_l * A, K) / (..., reg_dim).
+- ``'cross_cls'`` / ``'cross_reg'``: CrossKD: the teacher head's outputs on the student's
+  head features (:mod:`.crossing`), rows as ``'dense_*'``, against the teacher's own.
 
 The student is observed, never modified: forward hooks record what its own
 ``loss()`` computes (:class:`StudentTaps`). The teacher's own modules and head
@@ -28,10 +30,13 @@ import torch
 from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
 from torch import Tensor, nn
 
+from .crossing import check_cross_heads
+
 FEATURE_SOURCES = ('neck', 'backbone', 'taps')
 ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
 DENSE_SOURCES = ('dense_cls', 'dense_reg')
-SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES
+CROSS_SOURCES = ('cross_cls', 'cross_reg')
+SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES + CROSS_SOURCES
 
 
 class StudentTaps:
@@ -171,7 +176,9 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> 
     with the teacher's.
     """
     derived = {}
-    for source in sources & set(ROI_SOURCES + DENSE_SOURCES):
+    if sources & set(CROSS_SOURCES):  # CrossKD's own refusals first, naming the method
+        check_cross_heads(student, teacher)
+    for source in sources & set(ROI_SOURCES + DENSE_SOURCES + CROSS_SOURCES):
         kind = 'roi' if source in ROI_SOURCES else 'dense'
         heads = [_prediction_head(model, side, kind, source)
                  for model, side in ((student, 'student'), (teacher, 'teacher'))]

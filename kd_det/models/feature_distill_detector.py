@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from .connectors import build_connectors
 from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, StudentTaps,
                               check_sources, feature_channels, prediction_rows, roi_finest_scale,
-                              teacher_dense_outputs, teacher_roi_outputs)
+                              teacher_roi_outputs)
+from .head_kd import ROW_SOURCES, HeadKD
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_sources
@@ -52,7 +53,8 @@ class FeatureDistillDetector(BaseDetector):
         distill_losses: ``{log_name: loss_cfg}``; each ``loss_cfg`` is a
             registered loss plus optional ``source`` (default
             ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'taps'``, ``'roi_cls'``,
-            ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``),
+            ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``,
+            ``'cross_cls'``, ``'cross_reg'``),
             ``levels`` (student levels; default every student level with a
             teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
             :mod:`.loss_schedule`). Log names must start with ``loss_`` and
@@ -75,6 +77,9 @@ class FeatureDistillDetector(BaseDetector):
             or mis-shaped keys (default). ``False`` loads what fits and warns.
         nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
             the loss and level; ``'skip'`` drops that loss for the step and warns.
+        reused_teacher_head_idx: CrossKD (``'cross_*'`` sources): the student head's
+            stacked conv after which its features cross into the teacher's head
+            (default: the last but one, CrossKD's 3 of 4; see :mod:`.crossing`).
     """
 
     def __init__(self,
@@ -89,6 +94,7 @@ class FeatureDistillDetector(BaseDetector):
                  feature_source: str = 'neck',
                  teacher_strict: bool = True,
                  nonfinite: str = 'error',
+                 reused_teacher_head_idx: Optional[int] = None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         _check_choice('spatial_align', spatial_align, SPATIAL_ALIGN_MODES)
@@ -122,7 +128,7 @@ class FeatureDistillDetector(BaseDetector):
         self.level_strides: Dict[str, Tuple[Optional[list], Optional[list]]] = {}
         for kind in sorted(level_kinds):
             self._pair_levels(kind, level_pairs)
-        for source in DENSE_SOURCES:
+        for source in ROW_SOURCES:
             if source in self.sources:
                 self.level_pairs[source] = self.level_pairs['neck']
                 self.level_strides[source] = self.level_strides['neck']
@@ -148,6 +154,8 @@ class FeatureDistillDetector(BaseDetector):
         self.distill_losses, self.loss_inputs = build_losses(
             distill_losses, sources, {k: sorted(v) for k, v in self.level_pairs.items()},
             num_levels, derived)
+        self.head_kd = HeadKD(self.distill_losses, self.loss_inputs, self.student, self.teacher,
+                              self.level_pairs, reused_teacher_head_idx)
 
     def _pair_levels(self, kind: str, level_pairs) -> None:
         """Pair the student's and teacher's ``kind`` ('neck'/'backbone') levels; log it."""
@@ -216,7 +224,8 @@ class FeatureDistillDetector(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict:
         """The student's own losses plus one entry per distillation loss."""
         factors = self._schedule_factors()
-        with StudentTaps(self.student, self.sources, self.taps) as taps:
+        with StudentTaps(self.student, self.sources, self.taps) as taps, \
+                self.head_kd.student_taps() as head_taps:
             losses = self.student.loss(batch_inputs, batch_data_samples)
         clash = sorted(set(losses) & set(self.distill_losses))
         if clash:
@@ -229,6 +238,8 @@ class FeatureDistillDetector(BaseDetector):
             return losses
         student = {key: taps.get(key) for key in self._student_keys()}
         teacher = self.teacher_outputs(batch_inputs, student.get('rois'))
+        student.update(head_taps.records())  # the student's assignment, CrossKD's features
+        self.head_kd.cross(student, teacher)
         losses.update(self.distill_loss(student, teacher, batch_data_samples, factors))
         return losses
 
@@ -281,8 +292,8 @@ class FeatureDistillDetector(BaseDetector):
         if self.sources & set(ROI_SOURCES) and not features_only:
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
                                              embed='roi_embed' in self.sources)
-        if self.sources & set(DENSE_SOURCES) and not features_only:
-            out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
+        if self.sources & set(ROW_SOURCES) and not features_only:
+            out['dense'], out['held'] = self.head_kd.teacher_dense(self.teacher, out['neck'])
         if self.teacher_connectors is not None:
             out[self.feature_source] = self.teacher_connectors(out[self.feature_source])
         return out
@@ -312,10 +323,13 @@ class FeatureDistillDetector(BaseDetector):
                     values = [(f'level {lvl}', loss_module(s, t, **extra))
                               for lvl, s, t in zip(levels, s_levels, t_levels)]
             else:
-                s_rows, t_rows, t_logits = prediction_rows(
-                    source, levels, self.level_pairs.get(source), student, teacher,
-                    getattr(self.student.bbox_head, 'num_base_priors', None)
-                    if source in DENSE_SOURCES else None)
+                if source in ROW_SOURCES:  # dense heads: HeadKD adds their extras
+                    s_rows, t_rows, t_logits, more = self.head_kd.rows(
+                        source, levels, self.level_pairs[source], receives, student, teacher)
+                    extra.update(more)
+                else:
+                    s_rows, t_rows, t_logits = prediction_rows(source, levels, None, student,
+                                                               teacher, None)
                 if receives.teacher_logits:
                     extra['teacher_logits'] = t_logits
                 if receives.rois:

@@ -18,6 +18,8 @@ pytestmark = [needs_coco128, pytest.mark.slow]
 RETINA_STUDENT = osp.join(REPO, 'configs', 'demo', 'retinanet_r18-tiny_fpn_shapes.py')
 RETINA_TEACHER = osp.join(REPO, 'configs', 'demo', 'retinanet_r34-half_fpn_shapes.py')
 FASTER_STUDENT = osp.join(REPO, 'configs', 'demo', 'faster-rcnn_r18-tiny_fpn_shapes.py')
+GFL_STUDENT = osp.join(REPO, 'configs', 'demo', 'gfl_r18-tiny_fpn_shapes.py')
+GFL_TEACHER = osp.join(REPO, 'configs', 'demo', 'gfl_r34-half_fpn_shapes.py')
 RETINA_80 = '''
 model = dict(bbox_head=dict(num_classes=80), test_cfg=dict(score_thr=0.0))
 '''
@@ -25,7 +27,7 @@ model = dict(bbox_head=dict(num_classes=80), test_cfg=dict(score_thr=0.0))
 
 def plain_config(directory, name, base):
     """A coco128 (80 classes, 8 images) version of a demo detector config."""
-    if 'retinanet' in base:
+    if 'retinanet' in base or 'gfl' in base:
         return write_config(directory, name, f'_base_ = {base!r}\n'
                             + COCO128_DATA.format(coco128=coco128_root(), epochs=1) + RETINA_80)
     return coco128_config(directory, name, base)
@@ -87,6 +89,15 @@ def test_faster_rcnn_with_whole_unikd_and_rrd_on_roi_embeddings(tmp_path):
 def test_retinanet_with_sigmoid_logit_kd(tmp_path):
     losses = "dict(loss_kd=dict(type='LogitKDLoss', source='dense_cls', temperature=2.0))"
     train_and_check(tmp_path, RETINA_STUDENT, RETINA_TEACHER, losses, ['loss_kd', 'loss_cls'])
+
+
+def test_gfl_with_crosskd_and_ld(tmp_path):
+    losses = '''dict(
+        loss_cls_kd=dict(type='CrossKDClsLoss', source='cross_cls'),
+        loss_reg_kd=dict(type='CrossKDBinsLoss', source='cross_reg'),
+        loss_ld=dict(type='LDLoss', source='dense_reg'))'''
+    train_and_check(tmp_path, GFL_STUDENT, GFL_TEACHER, losses,
+                    ['loss_cls_kd', 'loss_reg_kd', 'loss_ld', 'loss_cls', 'loss_dfl'])
 
 
 def test_two_stage_teacher_to_retinanet_student(tmp_path):
