@@ -19,7 +19,9 @@ from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, Stude
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_sources
-from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
+from .teacher import (build_teacher, input_renormalisation, student_preprocessor,
+                      teacher_model_cfg)
+from .teacher_classes import build_class_map
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
 NONFINITE_MODES = ('error', 'skip')
@@ -69,6 +71,9 @@ class FeatureDistillDetector(BaseDetector):
             or mis-shaped keys (default). ``False`` loads what fits and warns.
         nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
             the loss and level; ``'skip'`` drops that loss for the step and warns.
+        teacher_class_map: the teacher's classes vs the dataset's: None (equal, checked
+            before training), ``'by_name'``, a dict, indices, ``'ignore'``
+            (:mod:`.teacher_classes`).
     """
 
     def __init__(self,
@@ -82,13 +87,13 @@ class FeatureDistillDetector(BaseDetector):
                  feature_source: str = 'neck',
                  teacher_strict: bool = True,
                  nonfinite: str = 'error',
+                 teacher_class_map=None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         _check_choice('spatial_align', spatial_align, SPATIAL_ALIGN_MODES)
         _check_choice('feature_source', feature_source, FEATURE_SOURCES)
         _check_choice('nonfinite', nonfinite, NONFINITE_MODES)
-        if data_preprocessor is None:
-            data_preprocessor = student.get('data_preprocessor')
+        data_preprocessor = student_preprocessor(data_preprocessor, student)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.spatial_align = spatial_align
         self.feature_source = feature_source
@@ -106,7 +111,10 @@ class FeatureDistillDetector(BaseDetector):
             data_preprocessor, teacher_cfg.get('data_preprocessor'))
 
         self.sources = set(sources.values())
-        derived = check_sources(self.sources, self.student, self.teacher)
+        derived = check_sources(self.sources, self.student, self.teacher,
+                                teacher_class_map not in (None, 'ignore'))
+        self.teacher_class_map = build_class_map(teacher_class_map, self.teacher, self.student,
+                                                 sorted(self.sources - set(FEATURE_SOURCES)))
         # Dense heads read the neck levels, so dense sources pair like the neck.
         level_kinds = {s if s in FEATURE_SOURCES else 'neck'
                        for s in self.sources if s not in ROI_SOURCES}
@@ -275,7 +283,7 @@ class FeatureDistillDetector(BaseDetector):
                                              embed='roi_embed' in self.sources)
         if self.sources & set(DENSE_SOURCES):
             out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
-        return out
+        return self.teacher_class_map.remap(out)  # classes in the dataset's order
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],
                      batch_data_samples: SampleList,

@@ -171,6 +171,42 @@ def test_amp_compares_each_distillation_loss_with_float32():
     assert 'result in bfloat16' in lines['amp loss_raw'].result
 
 
+class MemoryDistiller(torch.nn.Module):
+    """A convolution distilled by a real RRDLoss, whose memory each loss() call fills."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.target = torch.randn(4, 8, 16, 16)
+        self.distill_losses = torch.nn.ModuleDict(dict(loss_rrd=MODELS.build(dict(
+            type='RRDLoss', mode='image', in_channels=8, teacher_channels=8, num_levels=1,
+            embed_dim=8, queue_size=64, exclude='self'))))
+
+    def loss(self, inputs, samples):
+        feats = self.conv(inputs)
+        return dict(loss_rrd=self.distill_losses['loss_rrd']([feats], [self.target]))
+
+
+def test_amp_passes_start_from_the_same_memory_and_leave_it_untouched():
+    """Both passes of the AMP check see the state the model had (not the float32 pass's
+    entries in RRD's memory), and the check changes no buffer of the model."""
+    model, inputs = MemoryDistiller(), torch.randn(4, 3, 16, 16)
+    model.loss(inputs, None)  # one step of history in the memory
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {}
+    for autocast in (False, True):
+        fresh = copy.deepcopy(model)
+        torch.manual_seed(0)
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            expected[autocast] = float(fresh.loss(inputs, None)['loss_rrd'])
+    values = checks.amp_losses(model, (inputs, None), 'cpu', torch.bfloat16)['loss_rrd']
+    assert values['float32'] == pytest.approx(expected[False], rel=1e-6)
+    assert values['amp'] == pytest.approx(expected[True], rel=1e-6)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):
