@@ -58,9 +58,8 @@ def test_readme_export_then_test_commands_run_as_written(tmp_path):
     """The README's test / export / test lines, run as written in a folder holding the
     repository's tools/ and configs/ and a distillation checkpoint of the R-50 student at the
     README's path (random weights), with options that point the test data at 2 coco128
-    images: the exported student with the mmdet config, the distillation checkpoint with the
-    same mmdet config, and the distillation config whose teacher is unreachable all give the
-    same predictions."""
+    images: the exported student with the mmdet config and the distillation checkpoint with
+    the distillation config, whose teacher is unreachable, give the same predictions."""
     lines = dict(test_kd=readme_command('python tools/test.py configs/ssim/'),
                  export=readme_command('python tools/export_student.py'),
                  test_plain=readme_command('python tools/test.py mmdet::'))
@@ -96,17 +95,13 @@ def test_readme_export_then_test_commands_run_as_written(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         if 'test.py' in line:
             with open(tmp_path / f'{name}.pkl', 'rb') as f:
-                return pickle.load(f), proc.stdout + proc.stderr
+                return pickle.load(f)
 
     run(lines['export'], 'export')
-    exported, _ = run(lines['test_plain'], 'exported')
-    distilled, log = run(lines['test_plain'].replace(shlex.split(lines['test_plain'])[3], src),
-                         'distilled')
-    assert 'loaded the student of a distillation checkpoint' in log
+    exported = run(lines['test_plain'], 'exported')
     # an unreachable teacher_ckpt and a missing teacher_config: built or read, they would fail
-    kd_config, _ = run(lines['test_kd'], 'kd_config', 'model.student.', NO_TEACHER)
+    kd_config = run(lines['test_kd'], 'kd_config', 'model.student.', NO_TEACHER)
     assert len(exported) == 2 and len(exported[0]['pred_instances']['bboxes']) > 0
-    for other in (distilled, kd_config):
-        for a, b in zip(exported, other):
-            for key in ('bboxes', 'scores', 'labels'):
-                assert torch.equal(a['pred_instances'][key], b['pred_instances'][key]), key
+    for a, b in zip(exported, kd_config):
+        for key in ('bboxes', 'scores', 'labels'):
+            assert torch.equal(a['pred_instances'][key], b['pred_instances'][key]), key
