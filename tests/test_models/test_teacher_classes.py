@@ -134,3 +134,18 @@ def test_index_lists_dense_maps_and_refusals():
         TeacherClassMap('name', None, True, 3, 2)
     ignored = TeacherClassMap('ignore', CLASSES[::-1], False)
     ignored.check(CLASSES)  # features only: unrelated classes stated explicitly
+
+
+def test_preflight_fails_on_other_classes_and_warns_without_names(tmp_path):
+    from mmengine.registry import init_default_scope
+
+    from kd_det.analysis.preflight import check_teacher_classes
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(DEMO_PAIR)  # its dataset is built without its files
+    save_teacher(tmp_path / 't.pth', CLASSES[::-1])
+    (line, ) = check_teacher_classes(distiller(str(tmp_path / 't.pth')), cfg)
+    assert line.status == 'FAIL' and "index 0: teacher 'cross', dataset 'circle'" in line.result
+    assert 'teacher_class_map' in line.advice
+    save_teacher(tmp_path / 'n.pth', meta=False)
+    (line, ) = check_teacher_classes(distiller(str(tmp_path / 'n.pth')), cfg)
+    assert line.status == 'WARN' and 'records no class names' in line.result

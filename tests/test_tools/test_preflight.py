@@ -239,9 +239,10 @@ def test_good_config_passes(tmp_path, shapes, capsys):
     code, lines = preflight(tmp_path, shapes, '--teacher-ckpt', SHIPPED)
     assert code == 0
     assert all(line['status'] == 'OK' for line in lines.values()), lines
-    assert set(lines) == {'teacher load', 'teacher mAP', 'balance loss_ssim', 'gradient norm',
-                          'steps student', 'steps teacher', 'steps distill', 'overhead',
-                          'memory'}
+    assert set(lines) == {'teacher load', 'teacher classes', 'teacher mAP', 'balance loss_ssim',
+                          'gradient norm', 'steps student', 'steps teacher', 'steps distill',
+                          'overhead', 'memory'}
+    assert lines['teacher classes']['result'] == '7 dataset classes, equal'
     teacher = lines['teacher mAP']['data']
     assert teacher['images'] == 8 and teacher['map'] > 30 and teacher['expected'] is None
     steps = lines['steps distill']['data']
