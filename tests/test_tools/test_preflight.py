@@ -299,8 +299,10 @@ def test_missing_data_fails_naming_the_file_and_the_setting(tmp_path):
     teacher = save_random_teacher(str(tmp_path / 'teacher.pth'))
     missing = str(tmp_path / 'no_data')
     code, lines = preflight(tmp_path, missing, '--teacher-ckpt', teacher)
-    assert code == 1 and list(lines) == ['teacher load', 'teacher mAP', 'train data']
+    assert code == 1 and list(lines) == ['teacher load', 'teacher classes', 'teacher mAP',
+                                         'train data']
     assert lines['teacher load']['status'] == 'OK'
+    assert lines['teacher classes']['status'] == 'WARN'  # a checkpoint without class names
     for check, loader in (('teacher mAP', 'val_dataloader'), ('train data', 'train_dataloader')):
         line = lines[check]
         assert line['status'] == 'FAIL' and f'{loader}: no such file {missing}/' in line['result']
