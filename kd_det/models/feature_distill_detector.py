@@ -71,9 +71,8 @@ class FeatureDistillDetector(BaseDetector):
             or mis-shaped keys (default). ``False`` loads what fits and warns.
         nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
             the loss and level; ``'skip'`` drops that loss for the step and warns.
-        teacher_class_map: the teacher's classes vs the dataset's: None (equal, checked
-            before training), ``'by_name'``, a dict, indices, ``'ignore'``
-            (:mod:`.teacher_classes`).
+        teacher_class_map: how the teacher's classes map to the dataset's (None: equal,
+            checked before training); see :mod:`.teacher_classes`.
     """
 
     def __init__(self,
