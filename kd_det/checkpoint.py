@@ -146,7 +146,14 @@ def install_safe_loading() -> None:
 
 
 def read_state_dict(filename: str, what: str = 'checkpoint') -> Dict[str, Any]:
-    """The ``state_dict`` of checkpoint ``filename`` (local path or URL), DDP's ``module.`` stripped.
+    """The ``state_dict`` of checkpoint ``filename``: :func:`read_checkpoint`'s first part."""
+    return read_checkpoint(filename, what)[0]
+
+
+def read_checkpoint(filename: str, what: str = 'checkpoint'
+                    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(state_dict, meta)`` of checkpoint ``filename`` (local path or URL), DDP's
+    ``module.`` stripped from the keys; ``meta`` is ``{}`` when the file has none.
 
     Read by mmengine's ``CheckpointLoader`` (safe for every scheme once kd_det is imported);
     a file that is itself a dict of weights is taken as the state dict.
@@ -159,7 +166,9 @@ def read_state_dict(filename: str, what: str = 'checkpoint') -> Dict[str, Any]:
         raise CheckpointError(f'{what} {filename!r} holds a {type(checkpoint).__name__}, '
                               'expected a dict of weights')
     state = checkpoint.get('state_dict', checkpoint)
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    meta = checkpoint.get('meta') if 'state_dict' in checkpoint else None
+    return ({k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()},
+            meta if isinstance(meta, dict) else {})
 
 
 def load_fitting_weights(module: nn.Module, state: Dict[str, Any], source: str, target: str,

@@ -1,4 +1,4 @@
-"""kd_det's configs by package name: ``_base_ = 'kd_det::ssim/...'``.
+"""kd_det's configs by package name: ``_base_ = 'kd_det::ssim/...'``; any package's for tools.
 
 The wheel ships the repository's ``configs/`` and ``tools/`` as ``kd_det/.mim/``
 (an editable install links them there), where mmengine and openmim look an
@@ -47,11 +47,32 @@ def config_path(name: str) -> str:
     return path
 
 
-def read_config(filename: str) -> Config:
-    """``Config.fromfile`` for kd_det's tools: ``filename`` may be ``kd_det::NAME``,
-    and an unknown ``kd_det::`` base is reported by its name and the folder searched.
+def package_config_path(name: str) -> str:
+    """The file of ``PACKAGE::NAME`` for any package mmengine resolves (``mmdet::``,
+    ``mmyolo::``, ... installed) as it resolves a ``_base_``; ``kd_det::`` by
+    :func:`config_path`. Installs nothing.
+
+    Raises:
+        FileNotFoundError: naming ``name`` and what is missing (package or file).
     """
-    path = config_path(filename) if filename.startswith(PREFIX) else filename
+    if name.startswith(PREFIX):
+        return config_path(name)
+    package = name.partition('::')[0]
+    if package not in MODULE2PACKAGE:
+        raise FileNotFoundError(f'{name}: unknown package {package!r}; configs resolve by '
+                                f'package for {sorted(MODULE2PACKAGE)}')
+    try:
+        return Config._get_cfg_path(name, '')[0]
+    except (ValueError, AssertionError, ModuleNotFoundError, FileNotFoundError) as err:
+        raise FileNotFoundError(f'{name}: {err}') from None
+
+
+def read_config(filename: str) -> Config:
+    """``Config.fromfile`` for kd_det's tools: ``filename`` may be a package path
+    (``kd_det::NAME``, ``mmdet::NAME``, see :func:`package_config_path`), and an unknown
+    ``kd_det::`` base is reported by its name and the folder searched.
+    """
+    path = package_config_path(filename) if '::' in filename else filename
     try:
         return Config.fromfile(path)
     except FileNotFoundError as err:

@@ -38,8 +38,7 @@ def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f'{src!r} holds no state_dict')
-    student = {k[len(STUDENT_PREFIX):]: v for k, v in state.items()
-               if k.startswith(STUDENT_PREFIX)}
+    student = student_state_dict(state)
     if not student:
         raise CheckpointError(
             f'{src!r} has no {STUDENT_PREFIX!r} weights: not a kd_det distillation '
@@ -48,6 +47,13 @@ def export_student(src: str, dst: str, overwrite: bool = False) -> Dict[str, int
     meta['kd_det_exported_from'] = osp.abspath(src)
     atomic_torch_save({'state_dict': student, 'meta': meta}, dst)
     return {'kept': len(student), 'dropped': len(state) - len(student)}
+
+
+def student_state_dict(state: Dict[str, object]) -> Dict[str, object]:
+    """The student's weights of a distiller's ``state`` (keys ``student.*``, DDP's
+    ``module.`` prefix allowed), without the prefix; empty when there are none."""
+    prefixes = (STUDENT_PREFIX, 'module.' + STUDENT_PREFIX)
+    return {k.split(STUDENT_PREFIX, 1)[1]: v for k, v in state.items() if k.startswith(prefixes)}
 
 
 def publish_checkpoint(src: str, dst: str, half: bool = False,

@@ -28,6 +28,7 @@ from mmengine.logging import MMLogger
 from mmengine.utils import import_modules_from_strings
 
 from kd_det.analysis.preflight import (build_distiller, check_amp, check_balance,
+                                       check_teacher_classes,
                                        check_steps, check_teacher, guarded, missing_data)
 from kd_det.analysis.steps import device_name, train_batches
 from kd_det.analysis.verdict import Line, exit_code, format_table, to_json
@@ -97,6 +98,7 @@ def run_checks(cfg, args: argparse.Namespace) -> List[Line]:
     if model is None:
         return lines
     model.to(args.device)
+    lines += guarded('teacher classes', lambda: check_teacher_classes(model, cfg))
     lines += guarded('teacher mAP', lambda: check_teacher(model, cfg, args.val_images,
                                                           args.expected_map),
                      loader='val_dataloader')

@@ -6,8 +6,8 @@
 
 CONFIG is a file, which may inherit kd_det's configs by package
 (``_base_ = 'kd_det::ssim/...'``: kd_det is imported before the config is
-read), or ``kd_det::NAME`` itself. ``tools/train.py`` and ``mim train kd_det``
-run this same ``main``.
+read), or a package path itself (``kd_det::NAME``, ``mmdet::NAME``).
+``tools/train.py`` and ``mim train kd_det`` run this same ``main``.
 """
 import argparse
 
@@ -40,7 +40,7 @@ def build_config(args: argparse.Namespace) -> Config:
             print('AMP is already enabled in the config.')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')  # a configured one is kept
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise RuntimeError('--auto-scale-lr needs `auto_scale_lr = dict(enable=..., '

@@ -173,8 +173,8 @@ def build_on_meta(model_cfg):
     """
     def teacher_state(filename, what='checkpoint'):
         assert filename == model_cfg.teacher_ckpt, filename
-        return MODELS.build(read_model_config(model_cfg.teacher_config).model).state_dict()
-    with mock.patch('kd_det.models.teacher.read_state_dict', teacher_state):
+        return MODELS.build(read_model_config(model_cfg.teacher_config).model).state_dict(), {}
+    with mock.patch('kd_det.models.teacher.read_checkpoint', teacher_state):
         try:
             with torch.device('meta'), mock.patch.object(torch, 'linspace', cpu_linspace):
                 return MODELS.build(model_cfg)  # the distiller builds from a copy
@@ -190,8 +190,8 @@ def test_meta_build_checks_the_teacher_checkpoint_against_its_config():
     """The stand-in checkpoint still goes through kd_det's key and shape checks."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'demo',
                                    'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py')).model
-    with mock.patch('kd_det.models.teacher.read_state_dict',
-                    lambda *args: {'backbone.conv1.weight': torch.zeros(1, device='meta')}):
+    with mock.patch('kd_det.models.teacher.read_checkpoint',
+                    lambda *args: ({'backbone.conv1.weight': torch.zeros(1, device='meta')}, {})):
         with torch.device('meta'), pytest.raises(CheckpointError, match='does not fit'):
             MODELS.build(cfg)
     model = build_on_meta(cfg)

@@ -1,16 +1,19 @@
 """Preflight's checks of a distillation config before a long run: the teacher, the loss
 balance at init, real training steps and AMP. Each check returns verdict lines;
 ``python -m kd_det.preflight`` (kd_det/preflight.py) runs them in order."""
+import copy
 import statistics
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from mmdet.registry import MODELS
+from mmdet.registry import DATASETS, MODELS
 from mmengine.evaluator import Evaluator
 from mmengine.runner import Runner
 from torch import nn
 
 from ..checkpoint import CheckpointError
+from ..models.teacher_classes import dataset_classes
 from .loss_balance import DETECTOR, loss_balance
 from .model_zoo import zoo_entry
 from .steps import PHASES, Batch, PhaseSteps
@@ -84,6 +87,43 @@ def build_distiller(cfg, seed: int = 0) -> Tuple[Optional[nn.Module], Line]:
     count = len(model.teacher.state_dict())
     return model, Line('teacher load', 'OK',
                        f'{count} tensors loaded strictly from {ckpt}', data=dict(tensors=count))
+
+
+def check_teacher_classes(model: nn.Module, cfg) -> List[Line]:
+    """The teacher checkpoint's class names against the training dataset's, as
+    TeacherCheckHook checks them before training (the dataset is built without
+    loading its annotations)."""
+    dataset = DATASETS.build(lazy_dataset_cfg(cfg.train_dataloader.dataset))
+    classes = dataset_classes(dataset)
+    class_map = model.teacher_class_map
+    try:
+        class_map.check(classes)
+    except ValueError as err:
+        return [Line('teacher classes', 'FAIL', str(err).split('. ')[0],
+                     "use a teacher of the dataset's class list, or set the distiller's "
+                     'teacher_class_map (see kd_det/models/teacher_classes.py)')]
+    teacher = class_map.teacher_classes
+    if class_map.class_map == 'ignore':
+        return [Line('teacher classes', 'OK', "teacher_class_map='ignore': features only")]
+    if teacher is None or classes is None:
+        return [Line('teacher classes', 'WARN',
+                     f'{"the teacher checkpoint" if teacher is None else "the dataset"} '
+                     'records no class names: not checked',
+                     'save the teacher with its dataset_meta (mmengine does), or set '
+                     'teacher_class_map=[teacher index per dataset class]')]
+    how = 'equal' if class_map.index is None else \
+        f'mapped by teacher_class_map ({len(classes)} of the teacher\'s {len(teacher)})'
+    return [Line('teacher classes', 'OK', f'{len(classes)} dataset classes, {how}')]
+
+
+def lazy_dataset_cfg(dataset_cfg):
+    """A copy of a dataset config (wrappers included) that builds without loading data."""
+    dataset_cfg = copy.deepcopy(dataset_cfg)
+    for inner in ([dataset_cfg.get('dataset')] + list(dataset_cfg.get('datasets') or [])):
+        if isinstance(inner, dict):
+            inner.update(lazy_dataset_cfg(inner))
+    dataset_cfg['lazy_init'] = True
+    return dataset_cfg
 
 
 def subset_loader_cfg(loader_cfg, images: int):
@@ -211,15 +251,30 @@ def clip_advice(owner: str) -> str:
     return 'lower the loss weights above, or raise max_norm'
 
 
+@contextmanager
+def buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Run the body, then put every buffer of ``model`` back as it was: a loss pass leaves
+    the model's state (RRD's memory, batch-norm statistics) as it found it."""
+    saved = [(buf, buf.detach().clone()) for buf in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
 @torch.no_grad()
 def amp_losses(model: nn.Module, batch: Batch, device: str,
                dtype: torch.dtype = torch.float16, seed: int = 0) -> Dict[str, dict]:
     """Each distillation loss on ``batch`` in float32 and under autocast(``dtype``),
-    seeded alike: ``{name: dict(float32, amp, amp_dtype)}``."""
+    seeded alike, each pass from the model's state before both (:func:`buffers_restored`):
+    ``{name: dict(float32, amp, amp_dtype)}``."""
     values = {}
     for autocast in (False, True):
         torch.manual_seed(seed)
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=autocast):
+        with buffers_restored(model), \
+                torch.autocast(torch.device(device).type, dtype=dtype, enabled=autocast):
             losses = model.loss(*batch)
         values[autocast] = {name: losses[name] for name in model.distill_losses}
     return {name: dict(float32=float(values[False][name]), amp=float(values[True][name]),

@@ -1,4 +1,4 @@
-"""Check at the start of training that the teacher really detects things."""
+"""Check at the start of training that the teacher is the dataset's and really detects things."""
 from typing import Optional
 
 from mmdet.registry import HOOKS
@@ -7,16 +7,20 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from ..analysis.teacher_eval import count_detections, teacher_predictions
+from ..models.teacher_classes import dataset_classes
 
 
 @HOOKS.register_module()
 class TeacherCheckHook(Hook):
-    """Run the frozen teacher on a few validation images before training.
+    """Check the frozen teacher before training: its classes, then a few validation images.
 
-    Logs how many detections the teacher makes above ``score_thr`` and its
-    highest score, and warns loudly when it makes none: the usual sign of a
-    teacher whose weights did not load or belong to another dataset. Costs a
-    few inference steps once per run.
+    First compares the class names the teacher checkpoint records with the training
+    dataset's (``metainfo['classes']``) and fixes the distiller's ``teacher_class_map``
+    (:mod:`kd_det.models.teacher_classes`): a different list or order is refused here,
+    before the first iteration, naming the first index that differs. Then logs how many
+    detections the teacher makes above ``score_thr`` and its highest score, and warns
+    loudly when it makes none: the usual sign of a teacher whose weights did not load or
+    belong to another dataset. Costs a few inference steps once per run.
 
     Args:
         num_batches: validation batches to run (default 2).
@@ -34,6 +38,9 @@ class TeacherCheckHook(Hook):
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        class_map = getattr(model, 'teacher_class_map', None)
+        if class_map is not None:
+            class_map.check(dataset_classes(getattr(runner.train_dataloader, 'dataset', None)))
         teacher = getattr(model, 'teacher', None)
         loader = runner.val_dataloader if runner.val_loop is not None else runner.train_dataloader
         if teacher is None or loader is None:

@@ -4,8 +4,10 @@ mmdet does the work: ``bbox2roi`` makes the (K, 5) RoIs, a ``SingleRoIExtractor`
 maps each box to its FPN level (``finest_scale``) and RoIAligns it there, and
 ``bbox_overlaps`` matches sampled RoIs to ground-truth boxes.
 """
+import hashlib
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.structures import DetDataSample
@@ -52,12 +54,26 @@ def roi_labels(rois: Tensor, batch_data_samples: List[DetDataSample],
     return labels
 
 
+def image_id_number(img_id) -> int:
+    """A non-negative int standing for a dataset's ``img_id``: an integer id as it is
+    (COCO), any other id (``'2008_000008'``, ``'street_cam0_a'``) by a stable 62-bit hash
+    of its text, in [2**62, 2**63), the same on every rank and in every run."""
+    if isinstance(img_id, Tensor) and img_id.numel() == 1:
+        img_id = img_id.item()
+    if isinstance(img_id, (int, np.integer)) and not isinstance(img_id, bool) and img_id >= 0:
+        return int(img_id)
+    digest = hashlib.blake2b(str(img_id).encode('utf-8'), digest_size=8).digest()
+    return (int.from_bytes(digest, 'little') >> 2) | (1 << 62)
+
+
 def image_ids(batch_data_samples: Optional[List[DetDataSample]], image_index: Tensor) -> Tensor:
-    """(B, ) metainfo ``img_id`` of the image each row comes from (``image_index``:
-    (B, ) position in the batch); -1 everywhere when a sample has no ``img_id``."""
+    """(B, ) :func:`image_id_number` of the metainfo ``img_id`` of the image each row
+    comes from (``image_index``: (B, ) position in the batch); -1 everywhere when a
+    sample has no ``img_id``."""
     if batch_data_samples is None or any('img_id' not in s for s in batch_data_samples):
         return torch.full_like(image_index, -1)
-    ids = torch.tensor([int(s.img_id) for s in batch_data_samples], device=image_index.device)
+    ids = torch.tensor([image_id_number(s.img_id) for s in batch_data_samples],
+                       dtype=torch.long, device=image_index.device)
     return ids[image_index]
 
 

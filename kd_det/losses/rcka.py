@@ -152,15 +152,16 @@ class RCKALoss(nn.Module):
 
     Reproduces the official Klayand/PCKA values by default. The returned (and logged) value is
     the official ``-loss_weight * CKA`` (plus the inter term), which is <= 0: identical inputs
-    give the bound ``-loss_weight`` (``-2 * loss_weight`` with the inter term), and 1 - CKA
-    differs from it only by a constant. Computed in float32 even under autocast; the teacher is
-    treated as a constant.
+    give the bound ``-loss_weight`` (``-(loss_weight + inter_weight)`` with the inter term),
+    and 1 - CKA differs from it only by a constant. Computed in float32 even under autocast;
+    the teacher is treated as a constant.
 
     Args:
         loss_weight: weight of the intra term (official ``intra_weight``, 10 in the COCO configs).
-        inter_weight: weight of the inter term (CKA on the transposes); 0 / None disables it.
-        official_inter_weight: if True (official code), a non-zero ``inter_weight`` only switches
-            the inter term on and it is weighted by ``loss_weight``; if False, by ``inter_weight``.
+        inter_weight: weight of the inter term (CKA on the transposes), used as given; 0 / None
+            disables it. The official code weights the inter term by ``intra_weight`` whatever
+            its ``inter_weight`` (which only switches it on): its configs, intra = inter = 10,
+            are reproduced with ``inter_weight=loss_weight``.
         centered: Kornblith's centred CKA (paper's theory); the official code does not centre.
         patch_size: patch mode for (N, C, H, W) detection features: both are resized bilinearly
             to the next multiple of ``patch_size``, the patch_size x patch_size patches of each
@@ -174,16 +175,13 @@ class RCKALoss(nn.Module):
     receives = Receives()  # forward(student, teacher) per level (N, C, H, W) or on (R, K) rows
 
     def __init__(self, loss_weight: float = 1.0, inter_weight: Optional[float] = None,
-                 official_inter_weight: bool = True, centered: bool = False,
+                 centered: bool = False,
                  patch_size: Optional[int] = 16, with_l2_norm: bool = False) -> None:
         super().__init__()
         self.loss_weight = check_non_negative(loss_weight, 'loss_weight')
-        inter_weight = check_non_negative(inter_weight or 0.0, 'inter_weight')
+        self.inter_weight = check_non_negative(inter_weight or 0.0, 'inter_weight')
         if patch_size is not None and patch_size < 1:
             raise ValueError(f'patch_size must be a positive integer or None, got {patch_size!r}')
-        if official_inter_weight and inter_weight:
-            inter_weight = self.loss_weight
-        self.inter_weight = inter_weight
         self.centered = centered
         self.patch_size = patch_size
         self.with_l2_norm = with_l2_norm

@@ -168,12 +168,14 @@ def prediction_rows(source: str, levels, pairs: Optional[Dict[int, int]], studen
             prior_rows(t_cls, num_priors))
 
 
-def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> Dict[str, dict]:
+def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module,
+                  classes_mapped: bool = False) -> Dict[str, dict]:
     """Refuse sources the models cannot give; return ``{source: derived loss options}``.
 
     The derived options of a prediction source are ``activation`` ('softmax' or
     'sigmoid') and ``num_classes``, read off the student's head, which must agree
-    with the teacher's.
+    with the teacher's (``num_classes`` may differ when ``classes_mapped``: the
+    distiller's ``teacher_class_map`` maps them, see :mod:`.teacher_classes`).
     """
     derived = {}
     if sources & set(CROSS_SOURCES):  # CrossKD's own refusals first, naming the method
@@ -184,12 +186,14 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module) -> 
                  for model, side in ((student, 'student'), (teacher, 'teacher'))]
         facts = [_head_facts(head, kind) for head in heads]
         for key in facts[0]:
-            if facts[0][key] != facts[1][key]:
+            if facts[0][key] != facts[1][key] and not (classes_mapped and key == 'num_classes'):
+                advice = (': a teacher of another class list needs teacher_class_map'
+                          if key == 'num_classes' else '')
                 raise ValueError(
                     f"source {source!r}: the student's {type(heads[0]).__name__} and the "
                     f"teacher's {type(heads[1]).__name__} differ in {key}: student "
                     f'{facts[0][key]!r}, teacher {facts[1][key]!r}; logit distillation '
-                    'needs the same classes, activation and priors on both sides')
+                    f'needs the same classes, activation and priors on both sides{advice}')
         derived[source] = dict(activation=facts[0]['activation'],
                                num_classes=facts[0]['num_classes'])
         if source == 'roi_embed':

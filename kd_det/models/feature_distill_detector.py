@@ -21,7 +21,9 @@ from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_l
 from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_sources
 from .module_taps import build_taps, teacher_levels
-from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
+from .teacher import (build_teacher, input_renormalisation, student_preprocessor,
+                      teacher_model_cfg)
+from .teacher_classes import build_class_map
 from .teacher_connectors import build_teacher_connectors
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
@@ -80,6 +82,8 @@ class FeatureDistillDetector(BaseDetector):
         reused_teacher_head_idx: CrossKD (``'cross_*'`` sources): the student head's
             stacked conv after which its features cross into the teacher's head
             (default: the last but one, CrossKD's 3 of 4; see :mod:`.crossing`).
+        teacher_class_map: how the teacher's classes map to the dataset's (None: equal,
+            checked before training); see :mod:`.teacher_classes`.
     """
 
     def __init__(self,
@@ -95,13 +99,13 @@ class FeatureDistillDetector(BaseDetector):
                  teacher_strict: bool = True,
                  nonfinite: str = 'error',
                  reused_teacher_head_idx: Optional[int] = None,
+                 teacher_class_map=None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         _check_choice('spatial_align', spatial_align, SPATIAL_ALIGN_MODES)
         _check_choice('feature_source', feature_source, FEATURE_SOURCES)
         _check_choice('nonfinite', nonfinite, NONFINITE_MODES)
-        if data_preprocessor is None:
-            data_preprocessor = student.get('data_preprocessor')
+        data_preprocessor = student_preprocessor(data_preprocessor, student)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.spatial_align = spatial_align
         self.feature_source = feature_source
@@ -120,7 +124,10 @@ class FeatureDistillDetector(BaseDetector):
 
         self.sources = set(sources.values())
         self.taps = build_taps(taps, self.sources, self.student, self.teacher)
-        derived = check_sources(self.sources, self.student, self.teacher)
+        derived = check_sources(self.sources, self.student, self.teacher,
+                                teacher_class_map not in (None, 'ignore'))
+        self.teacher_class_map = build_class_map(teacher_class_map, self.teacher, self.student,
+                                                 sorted(self.sources - set(FEATURE_SOURCES)))
         # Dense heads read the neck levels, so dense sources pair like the neck.
         level_kinds = {s if s in FEATURE_SOURCES else 'neck'
                        for s in self.sources if s not in ROI_SOURCES}
@@ -296,7 +303,7 @@ class FeatureDistillDetector(BaseDetector):
             out['dense'], out['held'] = self.head_kd.teacher_dense(self.teacher, out['neck'])
         if self.teacher_connectors is not None:
             out[self.feature_source] = self.teacher_connectors(out[self.feature_source])
-        return out
+        return self.teacher_class_map.remap(out)  # classes in the dataset's order
 
     def distill_loss(self, student: Dict[str, object], teacher: Dict[str, object],
                      batch_data_samples: SampleList,

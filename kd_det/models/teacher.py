@@ -5,16 +5,17 @@ from typing import Optional, Tuple, Union
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config, ConfigDict
-from mmengine.hub import get_config
 from torch import Tensor, nn
 
-from ..checkpoint import load_fitting_weights, read_state_dict
+from ..checkpoint import load_fitting_weights, read_checkpoint
+from ..configs import read_config
+from .teacher_classes import checkpoint_classes
 
 
 def load_config(path: str) -> Config:
     """``Config.fromfile`` that also takes package paths (``mmdet::faster_rcnn/...``)."""
     try:
-        return get_config(path) if '::' in path else Config.fromfile(path)
+        return read_config(path)
     except (FileNotFoundError, ValueError) as err:
         raise FileNotFoundError(f'teacher_config {path!r}: {err}') from None
 
@@ -43,7 +44,8 @@ def build_teacher(model_cfg: ConfigDict, checkpoint: str, strict: bool = True) -
 
 
 def load_teacher_checkpoint(teacher: nn.Module, filename: str, strict: bool = True) -> None:
-    """Load ``filename`` into ``teacher``, refusing keys or shapes that do not fit.
+    """Load ``filename`` into ``teacher``, refusing keys or shapes that do not fit; the
+    class names its meta records become ``teacher.dataset_meta['classes']`` (else None).
 
     Raises:
         ValueError: ``filename`` is empty.
@@ -52,9 +54,24 @@ def load_teacher_checkpoint(teacher: nn.Module, filename: str, strict: bool = Tr
     if not filename:
         raise ValueError('teacher_ckpt is required: a distillation run with an '
                          'untrained teacher only teaches noise')
-    load_fitting_weights(teacher, read_state_dict(filename, 'teacher_ckpt'),
-                         f'teacher_ckpt {filename!r}', 'teacher_config', strict=strict,
-                         strict_option='teacher_strict')
+    state, meta = read_checkpoint(filename, 'teacher_ckpt')
+    load_fitting_weights(teacher, state, f'teacher_ckpt {filename!r}', 'teacher_config',
+                         strict=strict, strict_option='teacher_strict')
+    classes = checkpoint_classes(meta)  # as mmdet's init_detector keeps them
+    teacher.dataset_meta = dict(meta.get('dataset_meta') or {}, classes=classes) \
+        if classes else None
+
+
+def student_preprocessor(given: Optional[dict], student: dict) -> Optional[dict]:
+    """The distiller's data preprocessor: the student's, or ``given`` when that is the same
+    or the student has none (the student's own is never used: one of two that differ
+    would be ignored)."""
+    own = student.get('data_preprocessor')
+    if given is not None and own is not None and dict(given) != dict(own):
+        raise ValueError(f'data_preprocessor {dict(given)} differs from the student\'s '
+                         f'{dict(own)}; the distiller runs one: set it in the student config '
+                         'alone')
+    return own if given is None else given
 
 
 def input_renormalisation(student_pre: Optional[dict], teacher_pre: Optional[dict]

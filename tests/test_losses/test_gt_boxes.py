@@ -37,3 +37,26 @@ def test_roi_labels_by_best_iou_against_the_boxes_of_the_same_image():
         [2, 2., 3., 4., 5.]])      # exact box of image 2, class 0
     assert roi_labels(rois, _samples(), 0.5).tolist() == [1, 1, 2, -1, -1, 0]
     assert roi_labels(rois, _samples(), 0.6).tolist() == [1, -1, 2, -1, -1, 0]
+
+
+def test_string_image_ids_are_stable_distinct_numbers():
+    """Custom and XML datasets name images by strings; each maps to one number, the same in
+    another process (another hash seed, as another rank or a resumed run), apart from ints."""
+    import subprocess
+    import sys
+
+    from kd_det.losses.gt_boxes import image_id_number
+    names = ['street_cam0_a', 'street_cam0_b', '2008_000008', '17']
+    numbers = [image_id_number(n) for n in names]
+    assert len(set(numbers)) == 4 and all(2 ** 62 <= n < 2 ** 63 for n in numbers)
+    assert image_id_number(17) == 17 and image_id_number(torch.tensor(5)) == 5
+    code = ('from kd_det.losses.gt_boxes import image_id_number; '
+            f'print([image_id_number(n) for n in {names!r}])')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True, env={**__import__('os').environ, 'PYTHONHASHSEED': '123'})
+    assert out.stdout.strip() == str(numbers)
+    samples = _samples()
+    for sample, name in zip(samples, ['street_cam0_a', 'street_cam0_b', 'street_cam0_a']):
+        sample.set_metainfo(dict(img_id=name))
+    ids = image_ids(samples, torch.tensor([0, 1, 2, 0]))
+    assert ids[0] == ids[2] == ids[3] != ids[1]

@@ -63,15 +63,21 @@ def test_patch_mode_matches_official(shape, inter_weight, with_l2_norm):
     torch.testing.assert_close(loss(student.float(), teacher.float()), expected.float())
 
 
-def test_inter_weight_quirk_and_paper_variant():
-    teacher = torch.randn(2, 3, 32, 32)
-    student = teacher + torch.randn(2, 3, 32, 32)
-    intra = RCKALoss(10.0)(student, teacher)
-    official = RCKALoss(10.0, inter_weight=3.0)(student, teacher)
-    inter = (official - intra) / 10.0  # official: the inter term is weighted by intra_weight
-    torch.testing.assert_close(official, official_pcka_loss(student, teacher, 10.0, 3.0))
-    separate = RCKALoss(10.0, inter_weight=3.0, official_inter_weight=False)(student, teacher)
-    torch.testing.assert_close(separate, intra + 3.0 * inter)
+def test_inter_weight_is_used_as_given():
+    """inter_weight weights the inter term (never replaced by loss_weight); the official
+    code, which weights it by intra_weight, is reproduced with inter_weight == loss_weight."""
+    teacher = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    student = teacher + torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    intra = -official_pcka_loss(student, teacher, 1.0, None)  # official intra CKA, mean
+    inter = -official_pcka_loss(student, teacher, 1.0, 1.0) - intra
+    loss = RCKALoss(10.0, inter_weight=1.0)
+    assert loss.inter_weight == 1.0
+    torch.testing.assert_close(loss(student.float(), teacher.float()).double(),
+                               -10.0 * intra - 1.0 * inter, rtol=1e-5, atol=1e-5)
+    official = RCKALoss(10.0, inter_weight=10.0)(student.float(), teacher.float())
+    torch.testing.assert_close(official.double(),
+                               official_pcka_loss(student, teacher, 10.0, 1.0),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('with_l2_norm', [False, True])
@@ -97,7 +103,7 @@ def test_identical_inputs_hit_bound_and_loss_falls(kwargs):
     loss = RCKALoss(10.0, **kwargs)
     teacher = torch.randn(2, 4, 24, 40)
     noise = torch.randn_like(teacher)
-    bound = -10.0 * (2 if kwargs.get('inter_weight') else 1)
+    bound = -(10.0 + kwargs.get('inter_weight', 0.0))
     values = [loss(teacher + a * noise, teacher).item() for a in (3.0, 1.0, 0.3, 0.0)]
     assert values == sorted(values, reverse=True)
     assert values[-1] == pytest.approx(bound, abs=1e-4)
@@ -122,5 +128,7 @@ def test_plain_mode_shape_error_names_both():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match='-1'):
         RCKALoss(inter_weight=-1)
+    with pytest.raises(TypeError, match='official_inter_weight'):
+        RCKALoss(inter_weight=1.0, official_inter_weight=True)  # removed: it replaced inter_weight
     with pytest.raises(ValueError):
         RCKALoss(patch_size=0)

@@ -184,6 +184,23 @@ def test_image_exclusion_leaves_out_copies_from_earlier_steps(exclude):
     assert on_copy == pytest.approx(expected, abs=0.02)
 
 
+def test_string_image_ids_exclude_the_same_image_in_later_steps():
+    """Ids such as 'street_cam0_a' (custom and XML datasets): an image seen again relates
+    neither to its own entries nor to its earlier copies, and to every other image."""
+    torch.manual_seed(0)
+    loss = RRDLoss(mode='image', in_channels=8, teacher_channels=8, num_levels=1, embed_dim=8,
+                   queue_size=64, exclude='image')
+    names = ['street_cam0_a', 'street_cam0_b', 'cam1-0007', 'x']
+    student = [f.requires_grad_() for f in _clustered_images(1)]
+    loss(student, _clustered_images(0), _samples([[]] * 4, names))  # step 1
+    stats = loss.measure_teacher_target(_clustered_images(0), _samples([[]] * 4, names))
+    target = stats['target']  # (4 images, 8 entries: step 1's, then this step's)
+    for row, name in enumerate(names):
+        same = [k for k in range(8) if names[k % 4] == name]
+        assert target[row, same].sum() == 0 and target[row].sum() == pytest.approx(1.)
+        assert (target[row, [k for k in range(8) if k not in same]] > 0).all()
+
+
 def test_teacher_target_statistics():
     memory = torch.eye(3)
     stats = teacher_target_statistics(memory[:2], memory, 1e-3, own_slots=torch.tensor([0, -1]))

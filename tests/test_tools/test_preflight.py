@@ -171,6 +171,42 @@ def test_amp_compares_each_distillation_loss_with_float32():
     assert 'result in bfloat16' in lines['amp loss_raw'].result
 
 
+class MemoryDistiller(torch.nn.Module):
+    """A convolution distilled by a real RRDLoss, whose memory each loss() call fills."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.target = torch.randn(4, 8, 16, 16)
+        self.distill_losses = torch.nn.ModuleDict(dict(loss_rrd=MODELS.build(dict(
+            type='RRDLoss', mode='image', in_channels=8, teacher_channels=8, num_levels=1,
+            embed_dim=8, queue_size=64, exclude='self'))))
+
+    def loss(self, inputs, samples):
+        feats = self.conv(inputs)
+        return dict(loss_rrd=self.distill_losses['loss_rrd']([feats], [self.target]))
+
+
+def test_amp_passes_start_from_the_same_memory_and_leave_it_untouched():
+    """Both passes of the AMP check see the state the model had (not the float32 pass's
+    entries in RRD's memory), and the check changes no buffer of the model."""
+    model, inputs = MemoryDistiller(), torch.randn(4, 3, 16, 16)
+    model.loss(inputs, None)  # one step of history in the memory
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {}
+    for autocast in (False, True):
+        fresh = copy.deepcopy(model)
+        torch.manual_seed(0)
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            expected[autocast] = float(fresh.loss(inputs, None)['loss_rrd'])
+    values = checks.amp_losses(model, (inputs, None), 'cpu', torch.bfloat16)['loss_rrd']
+    assert values['float32'] == pytest.approx(expected[False], rel=1e-6)
+    assert values['amp'] == pytest.approx(expected[True], rel=1e-6)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):
@@ -203,9 +239,10 @@ def test_good_config_passes(tmp_path, shapes, capsys):
     code, lines = preflight(tmp_path, shapes, '--teacher-ckpt', SHIPPED)
     assert code == 0
     assert all(line['status'] == 'OK' for line in lines.values()), lines
-    assert set(lines) == {'teacher load', 'teacher mAP', 'balance loss_ssim', 'gradient norm',
-                          'steps student', 'steps teacher', 'steps distill', 'overhead',
-                          'memory'}
+    assert set(lines) == {'teacher load', 'teacher classes', 'teacher mAP', 'balance loss_ssim',
+                          'gradient norm', 'steps student', 'steps teacher', 'steps distill',
+                          'overhead', 'memory'}
+    assert lines['teacher classes']['result'] == '7 dataset classes, equal'
     teacher = lines['teacher mAP']['data']
     assert teacher['images'] == 8 and teacher['map'] > 30 and teacher['expected'] is None
     steps = lines['steps distill']['data']
@@ -262,8 +299,10 @@ def test_missing_data_fails_naming_the_file_and_the_setting(tmp_path):
     teacher = save_random_teacher(str(tmp_path / 'teacher.pth'))
     missing = str(tmp_path / 'no_data')
     code, lines = preflight(tmp_path, missing, '--teacher-ckpt', teacher)
-    assert code == 1 and list(lines) == ['teacher load', 'teacher mAP', 'train data']
+    assert code == 1 and list(lines) == ['teacher load', 'teacher classes', 'teacher mAP',
+                                         'train data']
     assert lines['teacher load']['status'] == 'OK'
+    assert lines['teacher classes']['status'] == 'WARN'  # a checkpoint without class names
     for check, loader in (('teacher mAP', 'val_dataloader'), ('train data', 'train_dataloader')):
         line = lines[check]
         assert line['status'] == 'FAIL' and f'{loader}: no such file {missing}/' in line['result']

@@ -37,7 +37,7 @@ from mmengine.registry import init_default_scope
 from mmdet.registry import DATASETS
 
 from kd_det.analysis.class_signal import knn_accuracy, target_purity
-from kd_det.losses.gt_boxes import gt_rois
+from kd_det.losses.gt_boxes import gt_rois, image_id_number
 from kd_det.losses.rrd import RRDLoss
 from kd_det.losses.rrd_memory import enqueue
 from kd_det.models.distill_sources import teacher_roi_outputs
@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace):
             found = box_embeddings(teacher, batch)
             if epoch == 0:
                 first_epoch['labels'].append(labels)
-                first_epoch['images'].append(torch.tensor([int(s.img_id) for s in samples])
+                first_epoch['images'].append(torch.tensor([image_id_number(s.img_id) for s in samples])
                                              [found['rois'][:, 0].long()])
             for name in args.embeddings:
                 rows = found[name]
