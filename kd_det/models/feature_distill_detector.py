@@ -18,11 +18,11 @@ from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, Stude
                               teacher_dense_outputs, teacher_roi_outputs)
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
-from .loss_wiring import build_losses, loss_sources
+from .loss_wiring import build_losses, loss_levels, loss_sources
+from .nonfinite import NonFinitePolicy
 from .teacher import build_teacher, input_renormalisation, teacher_model_cfg
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
-NONFINITE_MODES = ('error', 'skip')
 
 
 @MODELS.register_module()
@@ -67,8 +67,12 @@ class FeatureDistillDetector(BaseDetector):
         feature_source: the default ``source``, ``'neck'`` or ``'backbone'``.
         teacher_strict: refuse a teacher checkpoint with missing, unexpected
             or mis-shaped keys (default). ``False`` loads what fits and warns.
-        nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
-            the loss and level; ``'skip'`` drops that loss for the step and warns.
+        nonfinite: a NaN/inf distillation loss: ``'error'`` raises, naming the
+            loss and level; ``'skip'`` drops it for the step (zero gradients);
+            ``'auto'`` is ``'error'``, or under AMP leaves the step to the loss
+            scaler (see :mod:`.nonfinite`).
+        nonfinite_limit: under ``'skip'`` or AMP, this many consecutive steps with
+            a non-finite distillation loss stop the run.
     """
 
     def __init__(self,
@@ -81,18 +85,19 @@ class FeatureDistillDetector(BaseDetector):
                  spatial_align: str = 'error',
                  feature_source: str = 'neck',
                  teacher_strict: bool = True,
-                 nonfinite: str = 'error',
+                 nonfinite: str = 'auto',
+                 nonfinite_limit: int = 10,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         _check_choice('spatial_align', spatial_align, SPATIAL_ALIGN_MODES)
         _check_choice('feature_source', feature_source, FEATURE_SOURCES)
-        _check_choice('nonfinite', nonfinite, NONFINITE_MODES)
+        nonfinite_policy = NonFinitePolicy(nonfinite, nonfinite_limit)
         if data_preprocessor is None:
             data_preprocessor = student.get('data_preprocessor')
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.spatial_align = spatial_align
         self.feature_source = feature_source
-        self.nonfinite = nonfinite
+        self.nonfinite = nonfinite_policy
         sources = loss_sources(distill_losses, feature_source)
 
         # A copy: mmdet's DETR detectors edit their head's config in place, and the caller's
@@ -121,7 +126,12 @@ class FeatureDistillDetector(BaseDetector):
         num_levels = {kind: len(s) if s else None
                       for kind, (s, _) in self.level_strides.items()}
 
-        self.connectors = build_connectors(connectors, num_levels.get(feature_source))
+        levels_read = loss_levels(distill_losses, sources,
+                                  {k: sorted(v) for k, v in self.level_pairs.items()}, num_levels)
+        self.connectors = build_connectors(
+            connectors, num_levels.get(feature_source), feature_source,
+            {lvl for name, levels in levels_read.items() if sources[name] == feature_source
+             for lvl in levels})
         s_channels = feature_channels(student, feature_source)
         t_channels = feature_channels(teacher_cfg, feature_source)
         if connectors is None and feature_source in self.sources \
@@ -134,8 +144,7 @@ class FeatureDistillDetector(BaseDetector):
             derived[kind] = self._level_options(kind, student, teacher_cfg)
         self._checked_length = (None, None)  # the training length the schedule was checked on
         self.distill_losses, self.loss_inputs = build_losses(
-            distill_losses, sources, {k: sorted(v) for k, v in self.level_pairs.items()},
-            num_levels, derived)
+            distill_losses, sources, levels_read, derived)
 
     def _pair_levels(self, kind: str, level_pairs) -> None:
         """Pair the student's and teacher's ``kind`` ('neck'/'backbone') levels; log it."""
@@ -216,6 +225,7 @@ class FeatureDistillDetector(BaseDetector):
         student = {key: taps.get(key) for key in self._student_keys()}
         teacher = self.teacher_outputs(batch_inputs, student.get('rois'))
         losses.update(self.distill_loss(student, teacher, batch_data_samples, factors))
+        losses.update(self.nonfinite.log_vars())
         return losses
 
     def _schedule_factors(self) -> Dict[str, float]:
@@ -317,12 +327,17 @@ class FeatureDistillDetector(BaseDetector):
 
     def paired_features(self, student_feats: List[Tensor], teacher_feats: List[Tensor],
                         source: str) -> Tuple[Dict[int, Tensor], Dict[int, Tensor]]:
-        """``({student level: aligned student level}, {student level: teacher partner})``."""
+        """``({student level: aligned student level}, {student level: teacher partner})``,
+        over the paired levels (with connectors: the levels a loss reads, those with one)."""
         if source not in self.level_pairs:
             raise ValueError(f'no distillation loss reads {source!r} levels, so none are '
                              f'paired; paired sources: {sorted(self.level_pairs)}')
         student, teacher = {source: student_feats}, {source: teacher_feats}
         pairs = self.level_pairs[source]
+        if source == self.feature_source and self.connectors is not None:
+            read = {lvl for e in self.loss_inputs.values() if e.source == source
+                    for lvl in e.levels}
+            pairs = {lvl: t_lvl for lvl, t_lvl in pairs.items() if lvl in read}
         return ({lvl: self._aligned({}, student, teacher, source, lvl) for lvl in pairs},
                 {lvl: teacher_feats[t_lvl] for lvl, t_lvl in pairs.items()})
 
@@ -332,7 +347,7 @@ class FeatureDistillDetector(BaseDetector):
         if (source, lvl) not in cache:
             feat = student[source][lvl]
             if source == self.feature_source and self.connectors is not None \
-                    and self.connectors[lvl] is not None:
+                    and lvl < len(self.connectors) and self.connectors[lvl] is not None:
                 feat = self.connectors[lvl](feat)
             t_lvl = self.level_pairs[source][lvl]
             cache[source, lvl] = self._align(feat, teacher[source][t_lvl], lvl, t_lvl)
@@ -357,23 +372,7 @@ class FeatureDistillDetector(BaseDetector):
 
     def _sum_terms(self, terms: List[Tuple[str, str, Tensor]]) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}
-        if not terms:
-            return losses
-        # One host sync for all terms, not one per level.
-        finite = torch.isfinite(torch.stack([v.detach().float() for _, _, v in terms]))
-        bad = set()
-        if not bool(finite.all()):
-            culprits = [f'{n} ({where})' for (n, where, _), ok in zip(terms, finite) if not ok]
-            if self.nonfinite == 'error':
-                raise FloatingPointError(
-                    f'non-finite distillation loss: {", ".join(culprits)}. Lower the '
-                    f"learning rate or loss weight, or set nonfinite='skip'.")
-            print_log(f'skipping non-finite distillation loss this step: '
-                      f'{", ".join(culprits)}', logger='current', level=30)
-            bad = {i for i, ok in enumerate(finite) if not ok}
-        for i, (name, _, value) in enumerate(terms):
-            if i in bad:
-                value = value.new_zeros(())
+        for (name, _, _), value in zip(terms, self.nonfinite.apply(terms, self._zero)):
             losses[name] = losses[name] + value if name in losses else value
         return losses
 
