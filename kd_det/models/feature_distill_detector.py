@@ -19,15 +19,15 @@ from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, Stude
 from .head_kd import ROW_SOURCES, HeadKD
 from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
 from .loss_schedule import training_progress
-from .loss_wiring import build_losses, loss_sources
+from .loss_wiring import build_losses, loss_levels, loss_sources
 from .module_taps import build_taps, teacher_levels
+from .nonfinite import NonFinitePolicy
 from .teacher import (build_teacher, input_renormalisation, student_preprocessor,
                       teacher_model_cfg)
 from .teacher_classes import build_class_map
 from .teacher_connectors import build_teacher_connectors
 
 SPATIAL_ALIGN_MODES = ('error', 'interpolate')
-NONFINITE_MODES = ('error', 'skip')
 
 
 @MODELS.register_module()
@@ -77,8 +77,12 @@ class FeatureDistillDetector(BaseDetector):
         feature_source: the default ``source``, ``'neck'``, ``'backbone'`` or ``'taps'``.
         teacher_strict: refuse a teacher checkpoint with missing, unexpected
             or mis-shaped keys (default). ``False`` loads what fits and warns.
-        nonfinite: ``'error'`` raises on a NaN/inf distillation loss, naming
-            the loss and level; ``'skip'`` drops that loss for the step and warns.
+        nonfinite: a NaN/inf distillation loss: ``'error'`` raises, naming the
+            loss and level; ``'skip'`` drops it for the step (zero gradients);
+            ``'auto'`` is ``'error'``, or under AMP leaves the step to the loss
+            scaler (see :mod:`.nonfinite`).
+        nonfinite_limit: under ``'skip'`` or AMP, this many consecutive steps with
+            a non-finite distillation loss stop the run.
         reused_teacher_head_idx: CrossKD (``'cross_*'`` sources): the student head's
             stacked conv after which its features cross into the teacher's head
             (default: the last but one, CrossKD's 3 of 4; see :mod:`.crossing`).
@@ -97,19 +101,20 @@ class FeatureDistillDetector(BaseDetector):
                  spatial_align: str = 'error',
                  feature_source: str = 'neck',
                  teacher_strict: bool = True,
-                 nonfinite: str = 'error',
+                 nonfinite: str = 'auto',
+                 nonfinite_limit: int = 10,
                  reused_teacher_head_idx: Optional[int] = None,
                  teacher_class_map=None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         _check_choice('spatial_align', spatial_align, SPATIAL_ALIGN_MODES)
         _check_choice('feature_source', feature_source, FEATURE_SOURCES)
-        _check_choice('nonfinite', nonfinite, NONFINITE_MODES)
+        nonfinite_policy = NonFinitePolicy(nonfinite, nonfinite_limit)
         data_preprocessor = student_preprocessor(data_preprocessor, student)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.spatial_align = spatial_align
         self.feature_source = feature_source
-        self.nonfinite = nonfinite
+        self.nonfinite = nonfinite_policy
         sources = loss_sources(distill_losses, feature_source)
 
         # A copy: mmdet's DETR detectors edit their head's config in place, and the caller's
@@ -144,7 +149,12 @@ class FeatureDistillDetector(BaseDetector):
         if self.taps is not None:  # taps have no strides
             num_levels['taps'] = len(self.taps.paths['student'])
 
-        self.connectors = build_connectors(connectors, num_levels.get(feature_source))
+        levels_read = loss_levels(distill_losses, sources,
+                                  {k: sorted(v) for k, v in self.level_pairs.items()}, num_levels)
+        self.connectors = build_connectors(
+            connectors, num_levels.get(feature_source), feature_source,
+            {lvl for name, levels in levels_read.items() if sources[name] == feature_source
+             for lvl in levels})
         self.teacher_connectors = build_teacher_connectors(
             teacher_connectors, feature_source, teacher_cfg, self.level_strides, self.taps)
         s_channels = feature_channels(student, feature_source)
@@ -159,8 +169,7 @@ class FeatureDistillDetector(BaseDetector):
             derived[kind] = self._level_options(kind, student, teacher_cfg)
         self._checked_length = (None, None)  # the training length the schedule was checked on
         self.distill_losses, self.loss_inputs = build_losses(
-            distill_losses, sources, {k: sorted(v) for k, v in self.level_pairs.items()},
-            num_levels, derived)
+            distill_losses, sources, levels_read, derived)
         self.head_kd = HeadKD(self.distill_losses, self.loss_inputs, self.student, self.teacher,
                               self.level_pairs, reused_teacher_head_idx)
 
@@ -248,6 +257,7 @@ class FeatureDistillDetector(BaseDetector):
         student.update(head_taps.records())  # the student's assignment, CrossKD's features
         self.head_kd.cross(student, teacher)
         losses.update(self.distill_loss(student, teacher, batch_data_samples, factors))
+        losses.update(self.nonfinite.log_vars())
         return losses
 
     def _schedule_factors(self) -> Dict[str, float]:
@@ -348,12 +358,17 @@ class FeatureDistillDetector(BaseDetector):
 
     def paired_features(self, student_feats: List[Tensor], teacher_feats: List[Tensor],
                         source: str) -> Tuple[Dict[int, Tensor], Dict[int, Tensor]]:
-        """``({student level: aligned student level}, {student level: teacher partner})``."""
+        """``({student level: aligned student level}, {student level: teacher partner})``,
+        over the paired levels (with connectors: the levels a loss reads, those with one)."""
         if source not in self.level_pairs:
             raise ValueError(f'no distillation loss reads {source!r} levels, so none are '
                              f'paired; paired sources: {sorted(self.level_pairs)}')
         student, teacher = {source: student_feats}, {source: teacher_feats}
         pairs = self.level_pairs[source]
+        if source == self.feature_source and self.connectors is not None:
+            read = {lvl for e in self.loss_inputs.values() if e.source == source
+                    for lvl in e.levels}
+            pairs = {lvl: t_lvl for lvl, t_lvl in pairs.items() if lvl in read}
         return ({lvl: self._aligned({}, student, teacher, source, lvl) for lvl in pairs},
                 {lvl: teacher_feats[t_lvl] for lvl, t_lvl in pairs.items()})
 
@@ -363,7 +378,7 @@ class FeatureDistillDetector(BaseDetector):
         if (source, lvl) not in cache:
             feat = student[source][lvl]
             if source == self.feature_source and self.connectors is not None \
-                    and self.connectors[lvl] is not None:
+                    and lvl < len(self.connectors) and self.connectors[lvl] is not None:
                 feat = self.connectors[lvl](feat)
             t_lvl = self.level_pairs[source][lvl]
             cache[source, lvl] = self._align(feat, teacher[source][t_lvl], lvl, t_lvl)
@@ -388,23 +403,7 @@ class FeatureDistillDetector(BaseDetector):
 
     def _sum_terms(self, terms: List[Tuple[str, str, Tensor]]) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}
-        if not terms:
-            return losses
-        # One host sync for all terms, not one per level.
-        finite = torch.isfinite(torch.stack([v.detach().float() for _, _, v in terms]))
-        bad = set()
-        if not bool(finite.all()):
-            culprits = [f'{n} ({where})' for (n, where, _), ok in zip(terms, finite) if not ok]
-            if self.nonfinite == 'error':
-                raise FloatingPointError(
-                    f'non-finite distillation loss: {", ".join(culprits)}. Lower the '
-                    f"learning rate or loss weight, or set nonfinite='skip'.")
-            print_log(f'skipping non-finite distillation loss this step: '
-                      f'{", ".join(culprits)}', logger='current', level=30)
-            bad = {i for i, ok in enumerate(finite) if not ok}
-        for i, (name, _, value) in enumerate(terms):
-            if i in bad:
-                value = value.new_zeros(())
+        for (name, _, _), value in zip(terms, self.nonfinite.apply(terms, self._zero)):
             losses[name] = losses[name] + value if name in losses else value
         return losses
 

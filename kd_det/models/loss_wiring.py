@@ -53,32 +53,46 @@ def loss_sources(distill_losses: Dict[str, dict], default_source: str) -> Dict[s
     return sources
 
 
-def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
-                 paired_levels: Dict[str, Sequence[int]], num_levels: Dict[str, Optional[int]],
-                 derived: Dict[str, dict]):
-    """``(nn.ModuleDict of losses, {log name: LossEntry})``.
+def loss_levels(distill_losses: Dict[str, dict], sources: Dict[str, str],
+                paired_levels: Dict[str, Sequence[int]], num_levels: Dict[str, Optional[int]]
+                ) -> Dict[str, Optional[List[int]]]:
+    """``{log name: the student levels it reads}`` (None for RoI sources), checked.
 
     Args:
         paired_levels: per level source, the student levels that have a teacher
             partner (the default ``levels``).
         num_levels: per level source, the student's number of levels.
+    """
+    read = {}
+    for name, cfg in distill_losses.items():
+        source, levels = sources[name], cfg.get('levels')
+        if source in ROI_SOURCES:
+            if levels is not None:
+                raise ValueError(f'distill_losses[{name!r}]: source {source!r} has no levels '
+                                 f'(rows are RoIs); remove levels={levels!r}')
+            read[name] = None
+        else:
+            read[name] = _check_levels(name, levels, paired_levels[source], num_levels[source])
+    return read
+
+
+def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
+                 levels_read: Dict[str, Optional[List[int]]], derived: Dict[str, dict]):
+    """``(nn.ModuleDict of losses, {log name: LossEntry})``.
+
+    Args:
+        levels_read: :func:`loss_levels`.
         derived: ``{source: {option: value}}`` read off the models; level
             sources may also derive per-level options through ``derived_per_level``.
     """
     modules, inputs = nn.ModuleDict(), {}
     for name, cfg in distill_losses.items():
         cfg = dict(cfg)
-        source = sources[name]
+        source, levels = sources[name], levels_read[name]
         cfg.pop('source', None)
-        levels = cfg.pop('levels', None)
+        cfg.pop('levels', None)
         schedule = LossSchedule.from_cfg(name, cfg.pop('warmup_iters', 0),
                                          cfg.pop('stop_epoch', None))
-        if source in ROI_SOURCES:
-            if levels is not None:
-                raise ValueError(f'distill_losses[{name!r}]: source {source!r} has no levels '
-                                 f'(rows are RoIs); remove levels={levels!r}')
-        else:
-            levels = _check_levels(name, levels, paired_levels[source], num_levels[source])
         weight = cfg.get('loss_weight', 1.0)
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f'distill_losses[{name!r}]: loss_weight={weight!r}, expected '

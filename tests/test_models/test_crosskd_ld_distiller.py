@@ -260,6 +260,9 @@ def test_crosskd_gfl_and_ld_are_the_official_arithmetic(ckpts):
      r"\(LDLoss\) reads regression rows: source 'dense_reg' or 'cross_reg', not 'dense_cls'"),
     ('retina', dict(loss_cls_kd=dict(type='CrossKDClsLoss', source='neck')), {},
      r"\(CrossKDClsLoss\) reads \['assignment'\] of a dense head: its source must be"),
+    ('retina', CROSS_RETINA, dict(teacher_class_map='by_name'),
+     r"teacher_class_map='by_name' cannot be combined with the CrossKD sources "
+     r"\['cross_cls', 'cross_reg'\]: .*teacher_class_map=None"),
 ])
 def test_unfit_heads_are_refused_at_build(ckpts, pair, losses, overrides, message):
     with pytest.raises(ValueError, match=message):
