@@ -50,7 +50,7 @@ class FeatureDistillDetector(BaseDetector):
         distill_losses: ``{log_name: loss_cfg}``; each ``loss_cfg`` is a
             registered loss plus optional ``source`` (default
             ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'roi_cls'``,
-            ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``),
+            ``'roi_reg'``, ``'roi_embed'``, ``'roi_levels'``, ``'dense_cls'``, ``'dense_reg'``),
             ``levels`` (student levels; default every student level with a
             teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
             :mod:`.loss_schedule`). Log names must start with ``loss_`` and
@@ -240,8 +240,7 @@ class FeatureDistillDetector(BaseDetector):
         keys = [s for s in FEATURE_SOURCES if s in self.sources]
         if self.sources & set(ROI_SOURCES):
             keys += ['rois', 'roi']
-        if 'roi_embed' in self.sources:
-            keys.append('roi_embed')
+        keys += [k for k in ('roi_embed', 'roi_levels') if k in self.sources]
         if self.sources & set(DENSE_SOURCES):
             keys.append('dense')
         return keys
@@ -272,7 +271,8 @@ class FeatureDistillDetector(BaseDetector):
             return out
         if self.sources & set(ROI_SOURCES):
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
-                                             embed='roi_embed' in self.sources)
+                                             embed='roi_embed' in self.sources,
+                                             levels='roi_levels' in self.sources)
         if self.sources & set(DENSE_SOURCES):
             out['dense'] = teacher_dense_outputs(self.teacher, out['neck'])
         return out
