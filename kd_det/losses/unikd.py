@@ -164,7 +164,7 @@ class UniKDLoss(nn.Module):
         self.num_levels = num_levels
         self.logit_dim = num_classes + 1 if activation == 'softmax' else num_classes
         if fusion:
-            fused_channels = fused_channels or in_channels
+            fused_channels = in_channels if fused_channels is None else fused_channels
             self.student_fusion = RoILevelFusion(in_channels, num_levels, fused_channels)
             self.teacher_fusion = RoILevelFusion(teacher_channels, num_levels, fused_channels)
             widths = (fused_channels, fused_channels)

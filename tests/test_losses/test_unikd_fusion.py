@@ -185,3 +185,18 @@ def test_rejects_bad_configuration_and_inputs():
         loss(student[0], teacher, logits)
     with pytest.raises(ValueError, match=r'teacher_logits \(R, 4\)'):
         loss(student, teacher, logits[:, :3])
+
+
+def test_float32_under_bf16_autocast():
+    loss = _fusion_loss()
+    student, teacher, logits = _inputs()
+
+    def bf16(levels):
+        return [x.bfloat16() for x in levels]
+
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = loss(bf16(student), bf16(teacher), logits.bfloat16())
+    assert out.dtype == torch.float32
+    expected = loss([x.float() for x in bf16(student)], [x.float() for x in bf16(teacher)],
+                    logits.bfloat16().float())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
