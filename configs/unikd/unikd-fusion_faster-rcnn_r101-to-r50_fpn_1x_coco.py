@@ -11,5 +11,5 @@
 _base_ = './unikd_faster-rcnn_r101-to-r50_fpn_1x_coco.py'
 model = dict(
     distill_losses=dict(
-        loss_unikd=dict(type='UniKDLoss', source='roi_levels', loss_weight=1.0,
+        loss_unikd=dict(type='UniKDLoss', source='roi_levels', loss_weight=4.5,
                         support_weight=1.0)))
