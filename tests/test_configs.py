@@ -64,7 +64,7 @@ REQUIRED = [
 # Hooks a distillation config may keep from its student's mmdet recipe (RTMDet's).
 RECIPE_HOOKS = ('EMAHook', 'PipelineSwitchHook')
 # Distillation sources that have no feature levels (one tensor per sampled RoI).
-ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
+ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed', 'roi_levels')
 
 
 def _is_demo(path: str) -> bool:

@@ -64,6 +64,8 @@ METHOD_CONFIGS = {
     'kd': 'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'fgd': 'fgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
     'mgd': 'mgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'unikd-fusion': 'unikd-fusion-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+    'ssim-rrd': 'ssim-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
 }
 DATA = dict(full=dict(num_train=600, num_val=150, num_tune=150, image_size=(192, 192)),
             quick=dict(num_train=32, num_val=16, num_tune=16, image_size=(192, 192)))
@@ -74,7 +76,8 @@ SPLITS = ('val', 'tune')
 METHOD_SETS = {'default': ('baseline', 'ssim', 'rcka'),
                'seed': ('baseline', 'ssim', 'rcka', 'rrd', 'unikd')}
 # methods that distil neck features (the similarity figure shows the first one run)
-FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'pkd-rrd', 'fgd', 'mgd')
+FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'pkd-rrd', 'fgd', 'mgd',
+                   'ssim-rrd')
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,8 @@ Call forms, by source (see :mod:`kd_det.models.distill_sources`):
   level, each (N, C, H, W); or with ``all_levels`` once with the lists of
   levels, ``forward([s_0, ...], [t_0, ...], ...)``.
 - row sources (``'roi_*'``, ``'dense_*'``): ``forward(s, t, ...)`` with (R, D)
-  rows, row r of the student against row r of the teacher.
+  rows, row r of the student against row r of the teacher; ``'roi_levels'``
+  gives, per side, a list of L (R, C, S, S) RoI features (one per level).
 
 Keyword arguments added when declared:
 
@@ -37,9 +38,10 @@ box-distribution logits of a GFL-style head.
 """
 from typing import NamedTuple, Optional, Tuple
 
-# Options the distiller can read off the models and set on a loss (derived).
+# Options the distiller can read off the models and set on a loss (derived); ``source`` is
+# the entry's own, for a loss that reads several sources in different forms.
 DERIVED_OPTIONS = ('strides', 'num_levels', 'in_channels', 'teacher_channels', 'finest_scale',
-                   'activation', 'num_classes')
+                   'activation', 'num_classes', 'source')
 # Forms the distiller can give regression rows in (``Receives.reg_form``).
 REG_FORMS = (None, 'boxes', 'bins')
 

@@ -14,6 +14,12 @@
   captured from the same teacher RoI-head call (no second pass). Needs a
   ``ConvFCBBoxHead`` with shared FCs (``Shared2FCBBoxHead``,
   ``Shared4Conv1FCBBoxHead``) on both sides.
+- ``'roi_levels'``: the same sampled RoIs pooled on *every* level the box RoI
+  extractor reads, with that extractor's own RoI layers (as PANet's adaptive
+  feature pooling does), a list of L (R, C, S, S), finest level first: the
+  student's from its FPN (with gradient), the teacher's from its own FPN,
+  recorded during the same teacher RoI-head call. Needs a RoI extractor over
+  at least 2 levels on both sides, the same number on each.
 - ``'dense_cls'`` / ``'dense_reg'``: a single-stage head's per-level outputs,
   flattened to one row per prior, (sum_l N * H_l * W_l * A, K) / (..., reg_dim).
 - ``'cross_cls'`` / ``'cross_reg'``: CrossKD: the teacher head's outputs on the student's
@@ -33,7 +39,7 @@ from torch import Tensor, nn
 from .crossing import check_cross_heads
 
 FEATURE_SOURCES = ('neck', 'backbone', 'taps')
-ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed')
+ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed', 'roi_levels')
 DENSE_SOURCES = ('dense_cls', 'dense_reg')
 CROSS_SOURCES = ('cross_cls', 'cross_reg')
 SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES + CROSS_SOURCES
@@ -45,9 +51,11 @@ class StudentTaps:
     Records (each must be produced exactly once per ``loss()``): ``'neck'`` /
     ``'backbone'`` outputs, ``'rois'`` (the (R, 5) RoIs given to the box RoI
     extractor), ``'roi'`` (the box head's (cls_score, bbox_pred)),
-    ``'roi_embed'`` (the (R, D) input of the box head's ``fc_cls``), ``'dense'``
-    (the dense head's per-level outputs), ``'taps'`` (the outputs of the modules
-    ``module_taps``, a :class:`~.module_taps.ModuleTaps`, names for the student).
+    ``'roi_embed'`` (the (R, D) input of the box head's ``fc_cls``),
+    ``'roi_levels'`` (:func:`roi_level_features` of the RoIs, computed when the box
+    RoI extractor is called), ``'dense'`` (the dense head's per-level outputs),
+    ``'taps'`` (the outputs of the modules ``module_taps``, a
+    :class:`~.module_taps.ModuleTaps`, names for the student).
     """
 
     def __init__(self, student: nn.Module, sources: Set[str], module_taps=None) -> None:
@@ -74,6 +82,10 @@ class StudentTaps:
             roi_head = self.student.roi_head
             self._handles.append(roi_head.bbox_roi_extractor.register_forward_pre_hook(
                 lambda module, args: self._record('rois', args[1])))
+            if 'roi_levels' in self.sources:
+                self._handles.append(roi_head.bbox_roi_extractor.register_forward_pre_hook(
+                    lambda module, args: self._record(
+                        'roi_levels', roi_level_features(module, args[0], args[1]))))
             self._hook_output(roi_head.bbox_head, 'roi')
             if 'roi_embed' in self.sources:
                 self._handles.append(roi_head.bbox_head.fc_cls.register_forward_pre_hook(
@@ -106,24 +118,46 @@ class StudentTaps:
         return values[0]
 
 
+def roi_level_features(extractor: nn.Module, feats: Sequence[Tensor], rois: Tensor
+                       ) -> List[Tensor]:
+    """Each of the (R, 5) ``rois`` pooled on every level ``extractor`` reads.
+
+    ``extractor`` is a box RoI extractor (mmdet's ``BaseRoIExtractor``); its own
+    RoI layers (RoIAlign at each level's stride) pool level l of ``feats``
+    (finest first) for all the RoIs: L tensors (R, C, S, S).
+    """
+    # mmcv's CPU RoIAlign reads the memory as contiguous NCHW whatever the strides
+    return [layer(feat.contiguous(), rois)
+            for layer, feat in zip(extractor.roi_layers, feats[:extractor.num_inputs])]
+
+
 @torch.no_grad()
 def teacher_roi_outputs(teacher: nn.Module, feats: Sequence[Tensor], rois: Tensor,
-                        embed: bool = False):
-    """(cls_score, bbox_pred[, embedding]) of the teacher's RoI head on ``rois`` (R, 5).
+                        embed: bool = False, levels: bool = False):
+    """(cls_score, bbox_pred, embedding, level features) of the teacher's RoI head on
+    ``rois`` (R, 5).
 
-    With ``embed``, also the (R, D) input of its ``fc_cls``, recorded by a hook
-    during the same call.
+    With ``embed``, the embedding is the (R, D) input of its ``fc_cls``; with
+    ``levels``, the level features are :func:`roi_level_features` of its box RoI
+    extractor, both recorded by hooks during the same call; else ``None``.
     """
-    recorded = []
-    handle = teacher.roi_head.bbox_head.fc_cls.register_forward_pre_hook(
-        lambda module, args: recorded.append(args[0])) if embed else None
+    recorded: Dict[str, object] = {}
+    roi_head = teacher.roi_head
+    handles = []
+    if embed:  # (the hooks return None: a pre-hook's return value replaces the inputs)
+        handles.append(roi_head.bbox_head.fc_cls.register_forward_pre_hook(
+            lambda module, args: recorded.update(embed=args[0])))
+    if levels:
+        handles.append(roi_head.bbox_roi_extractor.register_forward_pre_hook(
+            lambda module, args: recorded.update(
+                levels=roi_level_features(module, args[0], args[1]))))
     try:
-        results = teacher.roi_head._bbox_forward(tuple(feats), rois)
+        results = roi_head._bbox_forward(tuple(feats), rois)
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
-    outputs = (results['cls_score'], results['bbox_pred'])
-    return outputs + (recorded[0], ) if embed else outputs
+    return (results['cls_score'], results['bbox_pred'], recorded.get('embed'),
+            recorded.get('levels'))
 
 
 @torch.no_grad()
@@ -151,6 +185,8 @@ def prediction_rows(source: str, levels, pairs: Optional[Dict[int, int]], studen
     """
     if source == 'roi_embed':
         return student['roi_embed'], teacher['roi'][2], teacher['roi'][0]
+    if source == 'roi_levels':
+        return student['roi_levels'], teacher['roi'][3], teacher['roi'][0]
     index = 0 if source.endswith('_cls') else 1
     if source in ROI_SOURCES:
         return student['roi'][index], teacher['roi'][index], teacher['roi'][0]
@@ -199,7 +235,37 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module,
         if source == 'roi_embed':
             derived[source].update(in_channels=_embedding_channels(heads[0], 'student'),
                                    teacher_channels=_embedding_channels(heads[1], 'teacher'))
+        if source == 'roi_levels':
+            derived[source].update(_roi_level_facts(student, teacher))
     return derived
+
+
+def _roi_level_facts(student: nn.Module, teacher: nn.Module) -> dict:
+    """``in_channels``, ``teacher_channels`` and ``num_levels`` of source 'roi_levels',
+    read off the box RoI extractors; refuses extractors of fewer than 2 levels or of
+    different level counts."""
+    facts = []
+    for model, side in ((student, 'student'), (teacher, 'teacher')):
+        extractor = model.roi_head.bbox_roi_extractor
+        strides = list(getattr(extractor, 'featmap_strides', []))
+        if not isinstance(getattr(extractor, 'roi_layers', None), nn.ModuleList) \
+                or len(strides) < 2:
+            raise ValueError(
+                "source 'roi_levels' pools each RoI on every pyramid level that the box RoI "
+                f'extractor reads and fuses the levels; the {side} '
+                f'{type(extractor).__name__} reads {len(strides)} level(s) (featmap_strides '
+                f'{strides}), which leaves nothing to fuse (a detector without an FPN, such as '
+                'Faster R-CNN R-50-C4, has one). It needs a two-stage detector whose box RoI '
+                'extractor reads FPN levels (e.g. Faster R-CNN R-50-FPN). Otherwise UniKD reads '
+                "source='roi_embed' if the box head has shared FCs (Shared2FCBBoxHead), "
+                "and LogitKDLoss source='roi_cls' distils the logits of any box head")
+        facts.append((extractor.out_channels, len(strides), strides))
+    if facts[0][1] != facts[1][1]:
+        raise ValueError(
+            f"source 'roi_levels': the student's RoI extractor reads {facts[0][1]} levels "
+            f"(strides {facts[0][2]}), the teacher's {facts[1][1]} (strides {facts[1][2]}); "
+            'the fusion needs the same number of levels on both sides')
+    return dict(in_channels=facts[0][0], teacher_channels=facts[1][0], num_levels=facts[0][1])
 
 
 def _refuse_detr(model: nn.Module, side: str, source: str) -> None:

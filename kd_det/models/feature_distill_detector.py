@@ -55,7 +55,7 @@ class FeatureDistillDetector(BaseDetector):
         distill_losses: ``{log_name: loss_cfg}``; each ``loss_cfg`` is a
             registered loss plus optional ``source`` (default
             ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'taps'``, ``'roi_cls'``,
-            ``'roi_reg'``, ``'roi_embed'``, ``'dense_cls'``, ``'dense_reg'``,
+            ``'roi_reg'``, ``'roi_embed'``, ``'roi_levels'``, ``'dense_cls'``, ``'dense_reg'``,
             ``'cross_cls'``, ``'cross_reg'``),
             ``levels`` (student levels; default every student level with a
             teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
@@ -282,8 +282,7 @@ class FeatureDistillDetector(BaseDetector):
         keys = [s for s in FEATURE_SOURCES if s in self.sources]
         if self.sources & set(ROI_SOURCES):
             keys += ['rois', 'roi']
-        if 'roi_embed' in self.sources:
-            keys.append('roi_embed')
+        keys += [k for k in ('roi_embed', 'roi_levels') if k in self.sources]
         if self.sources & set(DENSE_SOURCES):
             keys.append('dense')
         return keys
@@ -308,7 +307,8 @@ class FeatureDistillDetector(BaseDetector):
             self.teacher, self.teacher_inputs(batch_inputs), self.sources, self.taps)
         if self.sources & set(ROI_SOURCES) and not features_only:
             out['roi'] = teacher_roi_outputs(self.teacher, out['neck'], rois,
-                                             embed='roi_embed' in self.sources)
+                                             embed='roi_embed' in self.sources,
+                                             levels='roi_levels' in self.sources)
         if self.sources & set(ROW_SOURCES) and not features_only:
             out['dense'], out['held'] = self.head_kd.teacher_dense(self.teacher, out['neck'])
         if self.teacher_connectors is not None:

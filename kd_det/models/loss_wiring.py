@@ -97,7 +97,7 @@ def build_losses(distill_losses: Dict[str, dict], sources: Dict[str, str],
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f'distill_losses[{name!r}]: loss_weight={weight!r}, expected '
                              'a number >= 0')
-        facts = dict(derived.get(source, {}))
+        facts = dict(derived.get(source, {}), source=source)
         if source in FEATURE_SOURCES:
             facts = {k: v(levels) if callable(v) else v for k, v in facts.items()}
             facts['num_levels'] = len(levels)
