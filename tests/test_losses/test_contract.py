@@ -29,9 +29,12 @@ def features(*shape):
 
 @pytest.mark.parametrize('cfg', CONFIGS, ids=IDS)
 def test_scalar_weighted_and_teacher_constant(cfg):
+    """Doubling every weight of a loss doubles it (RCKA's inter term has its own weight,
+    used as given)."""
     student, teacher = features(2, 3, 18, 20)
     teacher.requires_grad_()
-    loss = build(cfg, loss_weight=2.0)(student, teacher)
+    doubled = {k: 2.0 * cfg[k] for k in ('inter_weight', ) if cfg.get(k)}
+    loss = build(cfg, loss_weight=2.0, **doubled)(student, teacher)
     assert loss.shape == () and loss.dtype == torch.float32
     torch.testing.assert_close(loss, 2.0 * build(cfg)(student, teacher))
     loss.backward()

@@ -182,4 +182,4 @@ def test_a_source_without_neck_levels_is_refused_at_build(source):
         with pytest.raises(ValueError, match=rf"{loss_type} cannot read source='{source}'.*"
                                              r"set source='neck'"):
             build_losses({'loss_x': dict(type=loss_type, source=source)}, {'loss_x': source},
-                         {source: [0, 1]}, {source: 2}, {})
+                         {'loss_x': None if source.startswith('roi') else [0, 1]}, {})
