@@ -15,11 +15,15 @@ MIM_FOLDERS = ('configs', 'tools')
 MODEL_INDEX = 'Import: []\n'
 
 
-def read_version() -> str:
+def read_module(name: str) -> dict:
+    """The namespace of ``kd_det/<name>.py`` (files that import nothing at module level)."""
     namespace: dict = {}
-    with open(osp.join(osp.dirname(__file__), 'kd_det', 'version.py')) as f:
+    with open(osp.join(ROOT, 'kd_det', f'{name}.py')) as f:
         exec(f.read(), namespace)
-    return namespace['__version__']
+    return namespace
+
+
+SUPPORTED = read_module('supported')  # the supported ranges, as `import kd_det` checks them
 
 
 def write_mim_folder(mim_dir: str, link: bool) -> None:
@@ -54,7 +58,7 @@ class BuildPyWithMim(build_py):
 
 setup(
     name='kd_det',
-    version=read_version(),
+    version=read_module('version')['__version__'],
     description='Knowledge distillation for MMDetection 3.x: SSIM, RCKA/PCKA, RRD, '
                 'UniKD and baseline neck-feature losses',
     long_description=open(osp.join(osp.dirname(__file__), 'README.md')).read(),
@@ -62,14 +66,12 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['kd_det', 'kd_det.*']),
     package_data={'kd_det.losses': ['ssim_cpu.cpp']},
-    python_requires='>=3.8',
-    # Compatible ranges; the tested versions are pinned in requirements/pins.txt.
+    # The supported ranges (kd_det/supported.py); their tested ends are pinned in
+    # requirements/pins-oldest.txt and requirements/pins.txt.
+    python_requires=SUPPORTED['PYTHON'],
     install_requires=[
-        'torch>=2.0',
-        'mmcv>=2.0.0rc4,<2.2.0',
-        'mmdet>=3.3.0,<3.4',
-        'mmengine>=0.10.0,<0.11',
-        'numpy',
+        *SUPPORTED['install_requires'](),
+        'packaging',
         'opencv-python',
         'pycocotools',
         'matplotlib',

@@ -7,10 +7,15 @@ paths and URLs, the ``atomic_local`` file backend, ``kd_det::`` configs); see
 docs/checkpoint_safety.md.
 """
 from .version import __version__
-from . import losses  # noqa: F401  (registers the losses)
-from . import models  # noqa: F401  (registers FeatureDistillDetector)
-from . import engine  # noqa: F401  (registers the hooks)
-from .integration import install
+from .supported import check_mmcv_build, check_versions
+
+check_versions()  # before anything else fails obscurely on an unsupported stack
+check_mmcv_build()
+
+from . import losses  # noqa: F401,E402  (registers the losses)
+from . import models  # noqa: F401,E402  (registers FeatureDistillDetector)
+from . import engine  # noqa: F401,E402  (registers the hooks)
+from .integration import install  # noqa: E402
 
 install()
 

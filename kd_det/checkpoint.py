@@ -1,16 +1,20 @@
-"""Safe checkpoint loading for mmengine on torch >= 2.6.
+"""Safe checkpoint loading for mmengine, on every supported torch.
 
+A checkpoint is a pickle, and unpickling an arbitrary one runs arbitrary code.
 torch >= 2.6 loads with ``weights_only=True``: only tensors, containers and
 allow-listed types are unpickled. mmengine 0.10 writes a few more types into
 its checkpoints (the message hub's ``HistoryBuffer`` holding numpy arrays), so
-``tools/test.py CKPT`` and ``--resume`` fail, and the usual workaround
-(``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) executes any pickle. Instead, this
-module
+``tools/test.py CKPT`` and ``--resume`` fail there, and the usual workaround
+(``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) executes any pickle. torch < 2.6 loads
+anything by default, and its ``weights_only`` allow-list cannot be extended.
+This module
 
-* allow-lists exactly the types mmengine writes (:data:`MMENGINE_SAFE_GLOBALS`);
+* allow-lists exactly the types mmengine writes (:data:`MMENGINE_SAFE_GLOBALS`):
+  in torch's own ``weights_only`` unpickler on torch >= 2.6, in kd_det's
+  restricted unpickler (:mod:`kd_det.safe_unpickler`) on older torch;
 * routes every mmengine checkpoint scheme (local files, ``http(s)://``,
   ``torchvision://``, ``open-mmlab://``) through :func:`safe_load`, which
-  keeps ``weights_only=True`` (mmengine's URL loader used
+  loads through that allow-list (mmengine's URL loader used
   ``torch.hub.load_state_dict_from_url``, whose default is
   ``weights_only=False``) and turns torch's errors into messages that name
   the file and what is wrong with it.
@@ -23,6 +27,7 @@ import logging
 import os
 import os.path as osp
 import pickle
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,18 +39,34 @@ from mmengine.runner import checkpoint as mme_checkpoint
 from torch import nn
 from torch.hub import download_url_to_file, get_dir
 
+from . import safe_unpickler
+
+#: torch's ``weights_only`` unpickler takes kd_det's allow-list from this
+#: version on (``add_safe_globals`` with ``(callable, 'module.name')`` entries);
+#: before it, kd_det's own restricted unpickler loads instead.
+TORCH_ALLOW_LIST = tuple(int(p) for p in torch.__version__.split('.')[:2]) >= (2, 6)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or does not fit its model."""
 
 
 def _numpy_globals() -> List[Any]:
-    """The numpy callables/classes that pickled arrays and scalars refer to."""
-    core = getattr(np, '_core', None) or np.core
-    dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes)
-                     if name.endswith('DType')]
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray,
-            np.dtype, *dtype_classes]
+    """The numpy callables/classes that pickled arrays and scalars refer to.
+
+    Each under both names a pickle may use: numpy 1.x writes
+    ``numpy.core.multiarray``, numpy 2 ``numpy._core.multiarray``, so a
+    checkpoint saved under one loads under the other.
+    """
+    # the functions pickles of an array and of a scalar call, wherever this numpy keeps them
+    rebuilders = {'_reconstruct': np.zeros(0).__reduce__()[0],
+                  'scalar': np.float64(0).__reduce__()[0]}
+    named = [(fn, f'numpy.{core}.multiarray.{name}')
+             for name, fn in rebuilders.items() for core in ('core', '_core')]
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25
+    dtype_classes = [getattr(dtypes, name) for name in dir(dtypes)
+                     if name.endswith('DType')] if dtypes is not None else []
+    return [*named, np.ndarray, np.dtype, *dtype_classes]
 
 
 def history_buffer_getattr(obj: Any, name: str) -> Any:
@@ -70,9 +91,39 @@ MMENGINE_SAFE_GLOBALS: List[Any] = [
     HistoryBuffer, (history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()]
 
 
+def allow_globals(entries: List[Any]) -> None:
+    """Allow-list more types for kd_det's checkpoint loading, on any torch.
+
+    ``entries`` are classes/functions, or ``(object, 'module.name')`` pairs that
+    bind a pickled name to an object. Only allow types whose unpickling you
+    trust: what is allowed here can be constructed by any checkpoint.
+    """
+    safe_unpickler.allow(entries)  # kept whole on every torch (tests use it on both)
+    if TORCH_ALLOW_LIST:
+        torch.serialization.add_safe_globals(entries)
+
+
 def register_safe_globals() -> None:
-    """Allow-list :data:`MMENGINE_SAFE_GLOBALS` for ``weights_only`` loading."""
-    torch.serialization.add_safe_globals(MMENGINE_SAFE_GLOBALS)
+    """Allow-list :data:`MMENGINE_SAFE_GLOBALS` for kd_det's loading."""
+    allow_globals(MMENGINE_SAFE_GLOBALS)
+
+
+def _load(file: Any, map_location: Optional[Any]) -> Any:
+    """``torch.load`` through the allow-list: torch's ``weights_only`` unpickler
+    on torch >= 2.6, else kd_det's restricted unpickler, which stands in for it
+    (``weights_only`` is off only because that unpickler replaces torch's)."""
+    if TORCH_ALLOW_LIST:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    return torch.load(file, map_location=map_location, pickle_module=safe_unpickler,
+                      weights_only=False)
+
+
+def _outside_allow_list(filename: str, err: Exception) -> List[str]:
+    """The globals of ``filename`` outside the allow-list (torch >= 2.6 lists all of
+    them; kd_det's unpickler stops at the first)."""
+    if TORCH_ALLOW_LIST:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+    return [str(err).split('Unsupported global: ', 1)[1].split(' ', 1)[0]]
 
 
 def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
@@ -87,19 +138,19 @@ def safe_load(filename: str, map_location: Optional[Any] = None) -> Any:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'Checkpoint file not found: {filename!r}')
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return _load(filename, map_location)
     except pickle.UnpicklingError as err:
         if 'only HistoryBuffer' in str(err):
             raise CheckpointError(f'Refusing to load {filename!r}: {err}') from None
         if 'Unsupported global' not in str(err) and 'not an allowed global' not in str(err):
             raise CheckpointError(
                 f'{filename!r} is not a readable PyTorch checkpoint: {err}') from None
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        unsafe = _outside_allow_list(filename, err)
         raise CheckpointError(
             f'Refusing to load {filename!r}: it pickles objects outside the '
-            f'allow-list of torch weights_only loading: {unsafe}. Unpickling '
+            f'allow-list of safe checkpoint loading: {unsafe}. Unpickling '
             f'them could run arbitrary code. If you trust this file, allow-list '
-            f'those types with torch.serialization.add_safe_globals([...]) '
+            f'those types with kd_det.checkpoint.allow_globals([...]) '
             f'before loading.') from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
@@ -134,15 +185,33 @@ def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
     return safe_load(filename, map_location)
 
 
+class _AllowListTorch(types.ModuleType):
+    """``torch`` as mmengine's checkpoint module sees it: ``torch.load`` goes
+    through the allow-list (:func:`_load`), everything else is torch's own."""
+
+    def __init__(self) -> None:
+        super().__init__('torch')
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f: Any, map_location: Optional[Any] = None, **kwargs) -> Any:
+        return _load(f, map_location)
+
+
 def install_safe_loading() -> None:
     """Allow-list mmengine's types and route every mmengine checkpoint scheme
-    through :func:`safe_load`; called once by ``kd_det.integration.install``."""
+    through the allow-list; called once by ``kd_det.integration.install``."""
     register_safe_globals()
     mme_checkpoint.CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local, force=True)
     # mmengine's http(s), torchvision://, open-mmlab:// and mmcls:// loaders
     # all download through this module-level name.
     mme_checkpoint.load_url = safe_load_url
+    # The others (s3/petrel, pavi, a local open-mmlab:// model) call torch.load
+    # themselves, with torch's default (anything, before torch 2.6).
+    mme_checkpoint.torch = _AllowListTorch()
 
 
 def read_state_dict(filename: str, what: str = 'checkpoint') -> Dict[str, Any]:

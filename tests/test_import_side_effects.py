@@ -22,13 +22,23 @@ from mmengine.runner import checkpoint as mme_checkpoint
 
 import kd_det
 from kd_det import checkpoint as kd_checkpoint
+from kd_det import safe_unpickler
 from kd_det.engine.safe_checkpoint_hook import AtomicLocalBackend
 from testing_utils import DEMO_STUDENT, REPO
 
 # The list in docs/checkpoint_safety.md, checked one by one.
+def allow_listed(entry) -> bool:
+    """``entry`` is in the allow-list of this torch's loader (torch's own from 2.6 on)."""
+    if kd_checkpoint.TORCH_ALLOW_LIST:
+        return entry in torch.serialization.get_safe_globals()
+    obj, name = entry if isinstance(entry, tuple) else (
+        entry, f'{entry.__module__}.{entry.__qualname__}')
+    return safe_unpickler.ALLOWED.get(name) is obj
+
+
 DOCUMENTED = {
-    'torch safe globals': lambda: all(
-        g in torch.serialization.get_safe_globals() for g in kd_checkpoint.MMENGINE_SAFE_GLOBALS),
+    'safe globals': lambda: all(map(allow_listed, kd_checkpoint.MMENGINE_SAFE_GLOBALS)),
+    'torch.load in mmengine': lambda: mme_checkpoint.torch.load is not torch.load,
     'local scheme': lambda: mme_checkpoint.CheckpointLoader._get_checkpoint_loader(
         '/a/b.pth') is kd_checkpoint.load_from_local,
     'load_url': lambda: mme_checkpoint.load_url is kd_checkpoint.safe_load_url,
@@ -42,7 +52,8 @@ def test_documented_changes_are_in_effect_and_listed():
                                                                                 True)
     with open(osp.join(REPO, 'docs', 'checkpoint_safety.md')) as f:
         doc = f.read()
-    for term in ('add_safe_globals', 'CheckpointLoader', 'load_url', 'atomic_local',
+    for term in ('add_safe_globals', 'kd_det.safe_unpickler', 'mmengine.runner.checkpoint.torch',
+                 'CheckpointLoader', 'load_url', 'atomic_local',
                  'MODULE2PACKAGE', 'kd_det.integration.install'):
         assert term in doc, term
 

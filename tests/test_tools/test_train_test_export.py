@@ -19,7 +19,7 @@ from testing_utils import (DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO, coco128_
 from kd_det.analysis.curves import load_scalars
 from kd_det.export import export_student
 
-pytestmark = [needs_coco128, pytest.mark.slow]
+pytestmark = [needs_coco128, pytest.mark.slow, pytest.mark.stacks]
 
 
 def read_test_metrics(work_dir: str) -> dict:
