@@ -16,13 +16,23 @@ torch's ``UnpicklerWrapper`` subclasses :class:`Unpickler` and resolves
 kd_det adds mmengine's types through :func:`allow`.
 """
 import _compat_pickle
+import codecs
+import collections
 import pickle
 from typing import Any, Dict, Iterable, Tuple, Union
 
+import torch
 from torch._weights_only_unpickler import _get_allowed_globals
 
-#: ``'module.name'`` -> the object a pickle may refer to by that name.
-ALLOWED: Dict[str, Any] = dict(_get_allowed_globals())
+#: ``'module.name'`` -> the object a pickle may refer to by that name: this torch's own
+#: ``weights_only`` list, plus the plain types newer torch (2.13) allows by default, which
+#: pickles of ordinary data use (``_codecs.encode`` rebuilds every ``bytes`` in protocol 2,
+#: e.g. a numpy array's data).
+ALLOWED: Dict[str, Any] = {
+    **_get_allowed_globals(),
+    '_codecs.encode': codecs.encode, 'builtins.set': set,
+    'builtins.bytearray': bytearray, 'builtins.complex': complex,
+    'collections.Counter': collections.Counter, 'torch.device': torch.device}
 
 Entry = Union[Any, Tuple[Any, str]]
 
