@@ -3,21 +3,21 @@ import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
 from mmengine.config import Config
 from mmengine.logging import print_log
-from torch import Tensor, nn
+from torch import Tensor
 
 from .connectors import build_connectors
 from .distill_sources import (DENSE_SOURCES, FEATURE_SOURCES, ROI_SOURCES, StudentTaps,
                               check_sources, feature_channels, prediction_rows, roi_finest_scale,
                               teacher_roi_outputs)
 from .head_kd import ROW_SOURCES, HeadKD
-from .level_pairing import describe_pairs, explicit_pairs, level_strides, pair_levels
+from .level_pairing import (align_paired_level, describe_pairs, explicit_pairs, level_strides,
+                            level_strides_if_known, pair_levels)
 from .loss_schedule import training_progress
 from .loss_wiring import build_losses, loss_levels, loss_sources
 from .module_taps import build_taps, teacher_levels
@@ -181,7 +181,7 @@ class FeatureDistillDetector(BaseDetector):
             strides = (level_strides(self.student, kind), level_strides(self.teacher, kind))
             pairs, how = pair_levels(*strides), 'by stride'
         else:
-            strides = tuple(_strides_if_known(m, kind) for m in (self.student, self.teacher))
+            strides = tuple(level_strides_if_known(m, kind) for m in (self.student, self.teacher))
             pairs, how = explicit_pairs(level_pairs, *(len(s) if s else None
                                                        for s in strides)), 'level_pairs'
         self.level_pairs[kind], self.level_strides[kind] = pairs, strides
@@ -381,25 +381,9 @@ class FeatureDistillDetector(BaseDetector):
                     and lvl < len(self.connectors) and self.connectors[lvl] is not None:
                 feat = self.connectors[lvl](feat)
             t_lvl = self.level_pairs[source][lvl]
-            cache[source, lvl] = self._align(feat, teacher[source][t_lvl], lvl, t_lvl)
+            cache[source, lvl] = align_paired_level(feat, teacher[source][t_lvl], lvl, t_lvl,
+                                                    self.spatial_align)
         return cache[source, lvl]
-
-    def _align(self, student: Tensor, teacher: Tensor, level: int, t_level: int) -> Tensor:
-        where = f'student level {level} / teacher level {t_level}'
-        if student.shape[1] != teacher.shape[1]:
-            raise ValueError(
-                f'{where}: student features {tuple(student.shape)} and teacher '
-                f'features {tuple(teacher.shape)} have different channels; configure '
-                f'`connectors` in the distillation detector')
-        if student.shape[2:] == teacher.shape[2:]:
-            return student
-        if self.spatial_align == 'interpolate':
-            return F.interpolate(student, size=teacher.shape[2:], mode='bilinear',
-                                 align_corners=False)
-        raise ValueError(
-            f'{where}: student features {tuple(student.shape)} and teacher features '
-            f'{tuple(teacher.shape)} differ in size although their strides are equal '
-            "(padding or rounding); set spatial_align='interpolate' to resize the student's")
 
     def _sum_terms(self, terms: List[Tuple[str, str, Tensor]]) -> Dict[str, Tensor]:
         losses: Dict[str, Tensor] = {}
@@ -411,13 +395,6 @@ class FeatureDistillDetector(BaseDetector):
 def _check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f'{name}={value!r} is not one of {list(choices)}')
-
-
-def _strides_if_known(detector: nn.Module, kind: str) -> Optional[list]:
-    try:
-        return level_strides(detector, kind)
-    except ValueError:
-        return None
 
 
 def _uniform(values: List):

@@ -9,6 +9,7 @@ Student level ``i`` is paired with the teacher level of the same stride.
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Stride = Union[int, Tuple[int, int]]
@@ -128,3 +129,33 @@ def _measure_strides(detector: nn.Module, run) -> List[Stride]:
     if isinstance(outs, Tensor):
         outs = [outs]
     return [_as_stride((PROBE_SIZE // o.shape[-2], PROBE_SIZE // o.shape[-1])) for o in outs]
+
+
+def level_strides_if_known(detector: nn.Module, source: str) -> Optional[List[Stride]]:
+    """:func:`level_strides`, or None where they cannot be read or measured."""
+    try:
+        return level_strides(detector, source)
+    except ValueError:
+        return None
+
+
+def align_paired_level(student: Tensor, teacher: Tensor, level: int, t_level: int,
+                       spatial_align: str) -> Tensor:
+    """Student level ``level`` (N, C, H, W), of the teacher level ``t_level``'s stride, sized
+    like it: as it is, or (``spatial_align='interpolate'``) resized bilinearly; a channel or
+    (with ``'error'``) a size difference is refused, naming both shapes."""
+    where = f'student level {level} / teacher level {t_level}'
+    if student.shape[1] != teacher.shape[1]:
+        raise ValueError(
+            f'{where}: student features {tuple(student.shape)} and teacher '
+            f'features {tuple(teacher.shape)} have different channels; configure '
+            f'`connectors` in the distillation detector')
+    if student.shape[2:] == teacher.shape[2:]:
+        return student
+    if spatial_align == 'interpolate':
+        return F.interpolate(student, size=teacher.shape[2:], mode='bilinear',
+                             align_corners=False)
+    raise ValueError(
+        f'{where}: student features {tuple(student.shape)} and teacher features '
+        f'{tuple(teacher.shape)} differ in size although their strides are equal '
+        "(padding or rounding); set spatial_align='interpolate' to resize the student's")
