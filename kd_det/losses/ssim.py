@@ -163,7 +163,8 @@ def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6)
     tensor). ``(x - min) / (max - min + eps)``: a constant map becomes zeros.
     """
     flat = x.flatten(_NORMALIZE_START_DIM[granularity])
-    low, high = flat.aminmax(dim=-1, keepdim=True)
+    # amin/amax, not aminmax: torch < 2.2 has no derivative for aminmax
+    low, high = flat.amin(dim=-1, keepdim=True), flat.amax(dim=-1, keepdim=True)
     return ((flat - low) / (high - low + eps)).reshape_as(x)
 
 
