@@ -38,3 +38,5 @@ custom_hooks = [
 ]
 # Saves atomically: a crash mid-save never leaves a truncated checkpoint behind.
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# The recipe's batch, 8 GPUs x 32 images: --auto-scale-lr scales the lr from it (docs/launch.md).
+auto_scale_lr = dict(base_batch_size=8 * _base_.train_dataloader.batch_size)
