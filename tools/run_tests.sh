@@ -36,7 +36,8 @@ else
     (KD_DET_VENV=$ROOT/.venv-oldest KD_DET_PINS=$ROOT/requirements/pins-oldest.txt \
         nice -n 19 bash tools/setup_env.sh > "$LOG" 2>&1) &
     SETUP_OLDEST=$!
-    trap 'pkill -TERM -P "$SETUP_OLDEST" 2>/dev/null; true' EXIT  # setup_env.sh then puts its env back
+    # (`|| true`: under set -e a pkill that finds nothing would make the script exit 1 after a green run)
+    trap 'pkill -TERM -P "$SETUP_OLDEST" 2>/dev/null || true' EXIT  # setup_env.sh then puts its env back
     newest
     echo "[run_tests] the oldest supported stack (requirements/pins-oldest.txt): ${OLDEST_TIER[*]}"
     wait "$SETUP_OLDEST" || { cat "$LOG"; exit 1; }
