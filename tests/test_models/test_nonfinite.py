@@ -3,7 +3,7 @@
 mmdet trains under DDP with ``find_unused_parameters=False``: a trainable parameter without
 a gradient in a step stops the run. A skipped (NaN) term must therefore leave its loss's
 parameters and the connectors with a gradient -- zero and finite -- and a connector no
-loss reads must not exist. The 2-process runs are in tests/test_tools/test_distributed.py.
+loss reads must not exist. The 2-process runs are in tests/test_tools/test_distributed_families.py.
 """
 import copy
 import logging
