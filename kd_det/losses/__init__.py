@@ -1,7 +1,7 @@
 """Distillation losses; importing this module registers them in mmdet's MODELS registry."""
 from .box_kd import BoxDeltaKDLoss, box_delta_kd_loss  # noqa: F401
-from .crosskd import (CrossKDBinsLoss, CrossKDBoxLoss, CrossKDClsLoss,  # noqa: F401
-                      kd_quality_focal_loss)
+from .crosskd import (CrossKDBinsLoss, CrossKDBoxLoss, CrossKDCenternessLoss,  # noqa: F401
+                      CrossKDClsLoss, kd_quality_focal_loss)
 from .cwd import CWDLoss, cwd_loss  # noqa: F401
 from .feature_mse import FeatureMSELoss, feature_mse_loss  # noqa: F401
 from .fgd import FGDLoss, box_masks, fgd_attention  # noqa: F401

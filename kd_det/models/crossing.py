@@ -6,7 +6,9 @@ rescaled with the mean and std of the teacher's features at the same point
 (:func:`align_scale`), activated (ReLU) and run through the teacher's remaining stacked
 convs and predictors, its ``Scale`` included. The teacher's own head ``forward`` computes
 them: forward hooks replace the outputs of its k-th stacked convs by the crossed features,
-so whatever the head does after them (scales, centerness) is the head's own code. The
+so whatever the head does after them (scales, centerness, FCOS's exp or stride) is the
+head's own code, in the teacher's eval mode (FCOS with ``norm_on_bbox``: distances times
+the stride, as in CrossKD, whose teacher is in eval mode too). The
 layers before are fed a 1x1 corner of the teacher's levels, whose outputs are discarded:
 only the layers after k see the crossed features, at full size.
 
@@ -24,9 +26,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
+from mmdet.models.dense_heads import ATSSHead, FCOSHead
 from torch import Tensor, nn
 
 BRANCHES = ('cls_convs', 'reg_convs')
+# Per-level forwards whose third output is a centerness logit map (N, A, H, W).
+CENTERNESS_FORWARDS = {ATSSHead.forward_single: 'ATSSHead', FCOSHead.forward_single: 'FCOSHead'}
 
 
 def align_scale(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
@@ -38,19 +43,29 @@ def align_scale(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
     return (student - s_mean) / (s_std + eps) * t_std + t_mean
 
 
-def check_cross_heads(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse detectors whose heads CrossKD's crossing does not fit, naming the head."""
-    names = [type(stacked_head(model, side)).__name__
+def check_cross_heads(student: nn.Module, teacher: nn.Module, centerness: bool = False
+                      ) -> None:
+    """Refuse detectors whose heads CrossKD's crossing does not fit, naming the head; with
+    ``centerness`` (source 'cross_centerness'), heads that predict no centerness."""
+    heads = [stacked_head(model, side)
              for model, side in ((student, 'student'), (teacher, 'teacher'))]
+    names = [type(head).__name__ for head in heads]
     if names[0] != names[1]:
         raise ValueError(f"CrossKD runs the student's head features through the teacher's "
                          f'head: both need the same head type, got student {names[0]} and '
                          f'teacher {names[1]}')
+    if centerness and type(heads[1]).forward_single not in CENTERNESS_FORWARDS:
+        raise ValueError(
+            f"source 'cross_centerness' distils the centerness the teacher's head predicts on "
+            f'the crossed features; the {names[1]} predicts none. It works for '
+            f'{" and ".join(CENTERNESS_FORWARDS.values())} pairs (CrossKD distils centerness '
+            'in its ATSS recipe); for RetinaNet and GFL pairs drop that loss and keep '
+            "'cross_cls' / 'cross_reg'")
 
 
 def check_index(student_head: nn.Module, teacher_head: nn.Module, index) -> int:
     """``reused_teacher_head_idx`` checked against both heads (default: their last stacked
-    conv but one, CrossKD's 3 of 4 for RetinaNet, GFL and ATSS)."""
+    conv but one, CrossKD's 3 of 4 for RetinaNet, GFL and ATSS; its FCOS recipe uses 2)."""
     heads = (student_head, teacher_head)
     name = type(student_head).__name__
     depth = min(len(head.cls_convs) for head in heads)
@@ -59,7 +74,8 @@ def check_index(student_head: nn.Module, teacher_head: nn.Module, index) -> int:
     if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= depth:
         raise ValueError(f'reused_teacher_head_idx={index!r}: expected an int in [1, {depth}], '
                          f'the stacked conv of the {name} after which the student crosses '
-                         "into the teacher's head (CrossKD: 3 of 4 for RetinaNet, GFL, ATSS)")
+                         "into the teacher's head (CrossKD: 3 of 4 for RetinaNet, GFL, ATSS; "
+                         '2 of 4 for FCOS)')
     for branch in BRANCHES:
         s_conv, t_conv = (getattr(head, branch)[index - 1] for head in heads)
         if s_conv.conv.out_channels != t_conv.conv.out_channels:
@@ -79,8 +95,8 @@ def stacked_head(model: nn.Module, side: str) -> nn.Module:
             f'the {side} {name} is a two-stage detector '
             f'(RoI head {type(model.roi_head).__name__}). '
             "For two-stage pairs use LogitKDLoss / BoxDeltaKDLoss on source='roi_cls' / "
-            "'roi_reg', or a feature loss (PKDLoss) on the neck; CrossKD fits RetinaNet, GFL "
-            'and ATSS pairs')
+            "'roi_reg', or a feature loss (PKDLoss) on the neck; CrossKD fits RetinaNet, GFL, "
+            'ATSS and FCOS pairs')
     head = getattr(model, 'bbox_head', None)
     convs = [getattr(head, branch, None) for branch in BRANCHES]
     if not all(isinstance(c, nn.ModuleList) and len(c) and all(
@@ -88,8 +104,9 @@ def stacked_head(model: nn.Module, side: str) -> nn.Module:
         raise ValueError(
             f"CrossKD needs a dense head with stacked cls_convs / reg_convs (ConvModules "
             f"shared over levels); the {side} {name}'s "
-            f'{type(head).__name__} has none. It fits RetinaHead, GFLHead and ATSSHead; for '
-            "other heads use LogitKDLoss on source='dense_cls' or a feature loss on the neck")
+            f'{type(head).__name__} has none. It fits RetinaHead, GFLHead, ATSSHead and '
+            "FCOSHead; for other heads use LogitKDLoss on source='dense_cls' or a feature "
+            'loss on the neck')
     if not head.use_sigmoid_cls:
         raise ValueError(f"CrossKD's classification KD is on sigmoid logits; the {side} "
                          f'{type(head).__name__} is softmax-based')

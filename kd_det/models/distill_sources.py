@@ -22,8 +22,9 @@
   at least 2 levels on both sides, the same number on each.
 - ``'dense_cls'`` / ``'dense_reg'``: a single-stage head's per-level outputs,
   flattened to one row per prior, (sum_l N * H_l * W_l * A, K) / (..., reg_dim).
-- ``'cross_cls'`` / ``'cross_reg'``: CrossKD: the teacher head's outputs on the student's
-  head features (:mod:`.crossing`), rows as ``'dense_*'``, against the teacher's own.
+- ``'cross_cls'`` / ``'cross_reg'`` / ``'cross_centerness'``: CrossKD: the teacher head's
+  class logits / regression / centerness logits (ATSS, FCOS heads) on the student's head
+  features (:mod:`.crossing`), rows as ``'dense_*'``, against the teacher's own.
 
 The student is observed, never modified: forward hooks record what its own
 ``loss()`` computes (:class:`StudentTaps`). The teacher's own modules and head
@@ -41,8 +42,10 @@ from .crossing import check_cross_heads
 FEATURE_SOURCES = ('neck', 'backbone', 'taps')
 ROI_SOURCES = ('roi_cls', 'roi_reg', 'roi_embed', 'roi_levels')
 DENSE_SOURCES = ('dense_cls', 'dense_reg')
-CROSS_SOURCES = ('cross_cls', 'cross_reg')
+CROSS_SOURCES = ('cross_cls', 'cross_reg', 'cross_centerness')
 SOURCES = FEATURE_SOURCES + ROI_SOURCES + DENSE_SOURCES + CROSS_SOURCES
+# A prediction source's output of the head, by its name's last part: (cls, reg, centerness).
+HEAD_OUTPUTS = ('cls', 'reg', 'centerness')
 
 
 class StudentTaps:
@@ -187,7 +190,7 @@ def prediction_rows(source: str, levels, pairs: Optional[Dict[int, int]], studen
         return student['roi_embed'], teacher['roi'][2], teacher['roi'][0]
     if source == 'roi_levels':
         return student['roi_levels'], teacher['roi'][3], teacher['roi'][0]
-    index = 0 if source.endswith('_cls') else 1
+    index = HEAD_OUTPUTS.index(source.rsplit('_', 1)[1])
     if source in ROI_SOURCES:
         return student['roi'][index], teacher['roi'][index], teacher['roi'][0]
     s_maps, t_maps, t_cls = [], [], []
@@ -215,7 +218,7 @@ def check_sources(sources: Set[str], student: nn.Module, teacher: nn.Module,
     """
     derived = {}
     if sources & set(CROSS_SOURCES):  # CrossKD's own refusals first, naming the method
-        check_cross_heads(student, teacher)
+        check_cross_heads(student, teacher, centerness='cross_centerness' in sources)
     for source in sources & set(ROI_SOURCES + DENSE_SOURCES + CROSS_SOURCES):
         kind = 'roi' if source in ROI_SOURCES else 'dense'
         heads = [_prediction_head(model, side, kind, source)

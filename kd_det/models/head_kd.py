@@ -3,8 +3,8 @@
 - ``assignment``: the student's own label assignment of the rows (:mod:`.assignment`);
 - ``student_logits``: the student's class-logit rows (dense sources);
 - ``reg_form``: regression rows as decoded boxes or as distribution bins;
-- the ``'cross_cls'`` / ``'cross_reg'`` sources: the teacher head's predictions on the
-  student's crossed features (:mod:`.crossing`) against the teacher's own.
+- the ``'cross_cls'`` / ``'cross_reg'`` / ``'cross_centerness'`` sources: the teacher head's
+  predictions on the student's crossed features (:mod:`.crossing`) against the teacher's own.
 
 :class:`HeadKD` does nothing for losses that read none of these; it refuses at build,
 naming the loss, the head and what would work, heads that cannot give them.
@@ -32,7 +32,7 @@ class HeadKD:
         self.crossing = any(e.source in CROSS_SOURCES for e in loss_inputs.values())
         if not self.crossing and reused_teacher_head_idx is not None:
             raise ValueError(f'reused_teacher_head_idx={reused_teacher_head_idx!r} is set but no '
-                             "loss reads source 'cross_cls' or 'cross_reg' (CrossKD)")
+                             f'loss reads a CrossKD source {list(CROSS_SOURCES)}')
         self.student_head = getattr(student, 'bbox_head', None)
         self.teacher_head = getattr(teacher, 'bbox_head', None)
         self.index = None
@@ -65,6 +65,13 @@ class HeadKD:
             if receives.reg_form:
                 for head, side in ((self.student_head, 'student'), (self.teacher_head, 'teacher')):
                     check_reg_form(receives.reg_form, head, side, what)
+            if receives.reg_form == 'boxes' and source == 'dense_reg' \
+                    and getattr(self.student_head, 'norm_on_bbox', False):
+                raise ValueError(
+                    f"{what} decodes the student's own distances, which its "
+                    f'{type(self.student_head).__name__} with norm_on_bbox=True gives in '
+                    "stride units while training (the teacher's, in eval mode, in pixels); use "
+                    "source='cross_reg' (both sides through the teacher's head)")
 
     def student_taps(self):
         """Context manager around the student's ``loss()``: ``records()`` after it."""
@@ -86,9 +93,8 @@ class HeadKD:
     def rows(self, source: str, levels, pairs, receives, student: dict, teacher: dict):
         """(student rows, teacher rows, teacher logit rows, extra keyword arguments)."""
         num_priors = self.student_head.num_base_priors
-        dense = source.replace('cross_', 'dense_')
         side = {'dense': student['cross']} if source in CROSS_SOURCES else student
-        s_rows, t_rows, t_logits = prediction_rows(dense, levels, pairs, side, teacher,
+        s_rows, t_rows, t_logits = prediction_rows(source, levels, pairs, side, teacher,
                                                    num_priors)
         extra = {}
         if self.assigned:
@@ -138,7 +144,7 @@ def check_reg_form(form: str, head: nn.Module, side: str, what: str) -> None:
             f'{what} distils box-distribution bins (GFL-style heads: an integral over '
             f'reg_max + 1 bins per side); the {side} {name} has none. Use a GFLHead student '
             "and teacher, or distil boxes: CrossKDBoxLoss on source='cross_reg' (RetinaNet, "
-            "ATSS) or BoxDeltaKDLoss on source='dense_reg'")
+            "ATSS, FCOS) or BoxDeltaKDLoss on source='dense_reg'")
     if form == 'boxes' and (bins or not hasattr(head, 'bbox_coder')):
         raise ValueError(
             f'{what} compares decoded boxes, from box deltas and a box coder; the {side} '

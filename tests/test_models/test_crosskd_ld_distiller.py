@@ -4,6 +4,7 @@ The references below recompute everything from the models' own modules, as the o
 code does (jbwang1997/CrossKD@87e156a46259e3a516b65fc6a049b200b9ab0d54,
 ``mmdet/models/detectors/crosskd_{retinanet,gfl}.py``: ``forward_crosskd_single``,
 ``reuse_teacher_head``, ``align_scale``, ``loss_by_feat``, ``pred_mimicking_loss_single``;
+@ae7fba9bb029532dfbf1d15e140dd74a99c1829e ``crosskd_atss.py``: the centerness term;
 mmdet 3.3.0 ``mmdet/models/dense_heads/ld_head.py``: ``LDHead.loss_by_feat_single``): a
 second assignment by the student head's ``get_targets``, the head layers called one by one,
 the losses level by level.
@@ -13,14 +14,14 @@ import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmdet.models.utils import images_to_levels, unpack_gt_instances
 from mmdet.registry import MODELS
 
 import kd_det  # noqa: F401
 from testing_utils import DEMO_PAIR, DEMO_STUDENT, REPO, synthetic_batch
-from official_crosskd_ld import EPS, ref_giou, ref_kd_qfl, ref_kl
+from official_crosskd_ld import (EPS, ref_atss_predict, ref_center_kd, ref_giou,
+                                 ref_head_forward, ref_kd_qfl, ref_kl, ref_reuse)
 
 DEMO = f'{REPO}/configs/demo'
 CONFIGS = dict(retina=(f'{DEMO}/retinanet_r18-tiny_fpn_shapes.py',
@@ -28,6 +29,8 @@ CONFIGS = dict(retina=(f'{DEMO}/retinanet_r18-tiny_fpn_shapes.py',
                gfl=(f'{DEMO}/gfl_r18-tiny_fpn_shapes.py', f'{DEMO}/gfl_r34-half_fpn_shapes.py'))
 CROSS_RETINA = dict(loss_cls_kd=dict(type='CrossKDClsLoss', source='cross_cls'),
                     loss_reg_kd=dict(type='CrossKDBoxLoss', source='cross_reg'))
+CROSS_ATSS = dict(CROSS_RETINA, loss_center_kd=dict(type='CrossKDCenternessLoss',
+                                                   source='cross_centerness'))
 CROSS_GFL = dict(loss_cls_kd=dict(type='CrossKDClsLoss', source='cross_cls'),
                  loss_reg_kd=dict(type='CrossKDBinsLoss', source='cross_reg'),
                  loss_ld=dict(type='LDLoss', source='dense_reg'))
@@ -68,37 +71,6 @@ def distiller(ckpts, pair, losses, student=None, **overrides):
     cfg.update(overrides)
     torch.manual_seed(0)
     return MODELS.build(cfg)
-
-
-def official_forward(head, x, k, predict):
-    """forward_crosskd_single: the head with the output of ``conv(.., activate=False)`` at the
-    k-th conv kept, then ``conv.activate`` called on it (in place, as mmcv builds ReLU)."""
-    held, feats = [], []
-    for convs in (head.cls_convs, head.reg_convs):
-        feat = x
-        for i, conv in enumerate(convs):
-            feat = conv(feat, activate=False)
-            if i + 1 == k:
-                held.append(feat)
-            feat = conv.activate(feat)
-        feats.append(feat)
-    return predict(head, *feats) + tuple(held)
-
-
-def official_align_scale(s, t):
-    n, c, h, w = s.shape
-    s, t = s.permute(1, 0, 2, 3).reshape(c, -1), t.permute(1, 0, 2, 3).reshape(c, -1)
-    s = (s - s.mean(-1, keepdim=True)) / (s.std(-1, keepdim=True) + 1e-6)
-    s = s * t.std(-1, keepdim=True) + t.mean(-1, keepdim=True)
-    return s.reshape(c, n, h, w).permute(1, 0, 2, 3)
-
-
-def official_reuse(head, k, s_cls, s_reg, t_cls, t_reg, predict):
-    cls = F.relu(official_align_scale(s_cls, t_cls))
-    reg = F.relu(official_align_scale(s_reg, t_reg))
-    for i in range(k, len(head.cls_convs)):
-        cls, reg = head.cls_convs[i](cls), head.reg_convs[i](reg)
-    return predict(head, cls, reg)
 
 
 def gfl_predict(scale):
@@ -143,14 +115,10 @@ def retina_predict(head, cls, reg):
     return head.retina_cls(cls), head.retina_reg(reg)
 
 
-def atss_predict(scale):
-    return lambda head, cls, reg: (head.atss_cls(cls), scale(head.atss_reg(reg)).float())
-
-
 @pytest.mark.parametrize('head, k', [('retina', 1), ('retina', 2), ('atss', 1)])
 def test_crosskd_anchor_heads_are_the_official_arithmetic(ckpts, atss_ckpt, head, k):
     if head == 'atss':
-        model = distiller(ckpts, 'gfl', CROSS_RETINA, student=atss(CONFIGS['gfl'][0]),
+        model = distiller(ckpts, 'gfl', CROSS_ATSS, student=atss(CONFIGS['gfl'][0]),
                           teacher_config=atss(CONFIGS['gfl'][1]), teacher_ckpt=atss_ckpt)
     else:
         model = distiller(ckpts, 'retina', CROSS_RETINA, reused_teacher_head_idx=k)
@@ -158,27 +126,28 @@ def test_crosskd_anchor_heads_are_the_official_arithmetic(ckpts, atss_ckpt, head
     losses = model.loss(inputs, samples)
     student, teacher = model.student, model.teacher
     s_head, t_head = student.bbox_head, teacher.bbox_head
-    predict = (lambda scale: retina_predict) if head == 'retina' else atss_predict
+    predict = (lambda scale: retina_predict) if head == 'retina' else ref_atss_predict
     scales = getattr(t_head, 'scales', [None] * 5)
     with torch.no_grad():
-        t_out = [official_forward(t_head, x, k, predict(sc))
+        t_out = [ref_head_forward(t_head, x, k, predict(sc))
                  for x, sc in zip(teacher.extract_feat(inputs), scales)]
-    s_out = [official_forward(s_head, x, k, predict(sc))
+    s_out = [ref_head_forward(s_head, x, k, predict(sc))
              for x, sc in zip(student.extract_feat(inputs), getattr(s_head, 'scales', scales))]
-    crossed = [official_reuse(t_head, k, s[2], s[3], t[2], t[3], predict(sc))
+    crossed = [ref_reuse(t_head, k, s[1], t[1], predict(sc))
                for s, t, sc in zip(s_out, t_out, scales)]
     gts, _, metas = unpack_gt_instances(samples)
-    anchors, valid = s_head.get_anchors([o[0].shape[-2:] for o in s_out], metas, 'cpu')
+    anchors, valid = s_head.get_anchors([o[0][0].shape[-2:] for o in s_out], metas, 'cpu')
     if head == 'retina':
         level_anchors = images_to_levels([torch.cat(a) for a in anchors],
                                          [a.size(0) for a in anchors[0]])
-        _, label_weights, _, _, avg_factor = s_head.get_targets(anchors, valid, gts, metas)
+        labels, label_weights, _, _, avg_factor = s_head.get_targets(anchors, valid, gts, metas)
     else:
-        level_anchors, _, label_weights, _, _, avg_factor = s_head.get_targets(
+        level_anchors, labels, label_weights, _, _, avg_factor = s_head.get_targets(
             anchors, valid, gts, metas)
     k_cls = s_head.cls_out_channels
-    cls_kd = reg_kd = 0
-    for (c_cls, c_reg), t, lw, anc in zip(crossed, t_out, label_weights, level_anchors):
+    cls_kd = reg_kd = center_kd = 0
+    for (c_cls, c_reg, *c_center), (t, _), lw, anc, lab in zip(
+            crossed, t_out, label_weights, level_anchors, labels):
         t_cls, lw = rows(t[0], k_cls), lw.reshape(-1)
         cls_kd = cls_kd + ref_kd_qfl(rows(c_cls, k_cls), t_cls, lw, avg_factor)
         coder, anc = s_head.bbox_coder, anc.reshape(-1, 4)
@@ -186,13 +155,19 @@ def test_crosskd_anchor_heads_are_the_official_arithmetic(ckpts, atss_ckpt, head
         w[lw == 0] = 0
         giou = ref_giou(coder.decode(anc, rows(c_reg, 4)), coder.decode(anc, rows(t[1], 4)))
         reg_kd = reg_kd + (giou * w).sum() / (avg_factor + EPS)
+        if c_center:  # ATSS: centerness at the student's positives (one process: no GPU mean)
+            center_kd = center_kd + ref_center_kd(rows(c_center[0], 1)[:, 0], rows(t[2], 1)[:, 0],
+                                                  lab.reshape(-1), k_cls, avg_factor)
     assert avg_factor > 0  # the student has positives
     # conv.activate is mmcv's in-place ReLU: the kept features are the activated ones
-    assert all((held >= 0).all() for out in s_out + t_out for held in out[2:])
+    assert all((held >= 0).all() for _, out in s_out + t_out for held in out)
     torch.testing.assert_close(losses['loss_cls_kd'], cls_kd)
     torch.testing.assert_close(losses['loss_reg_kd'], reg_kd)
+    if head == 'atss':
+        assert center_kd > 0
+        torch.testing.assert_close(losses['loss_center_kd'], center_kd)
     # the KD gradients reach the student's convs before k through the teacher's layers
-    (losses['loss_cls_kd'] + losses['loss_reg_kd']).backward()
+    sum(v for n, v in losses.items() if n in model.distill_losses).backward()
     assert s_head.cls_convs[0].conv.weight.grad.abs().sum() > 0
     assert s_head.reg_convs[0].conv.weight.grad.abs().sum() > 0
     after_k = [p for conv in s_head.cls_convs[k:] for p in conv.parameters()]
@@ -208,17 +183,18 @@ def test_crosskd_gfl_and_ld_are_the_official_arithmetic(ckpts):
     student, teacher = model.student, model.teacher
     s_head, t_head = student.bbox_head, teacher.bbox_head
     with torch.no_grad():
-        t_out = [official_forward(t_head, x, 1, gfl_predict(sc))
+        t_out = [ref_head_forward(t_head, x, 1, gfl_predict(sc))
                  for x, sc in zip(teacher.extract_feat(inputs), t_head.scales)]
-    s_out = [official_forward(s_head, x, 1, gfl_predict(sc))
+    s_out = [ref_head_forward(s_head, x, 1, gfl_predict(sc))
              for x, sc in zip(student.extract_feat(inputs), s_head.scales)]
-    crossed = [official_reuse(t_head, 1, s[2], s[3], t[2], t[3], gfl_predict(sc))
+    crossed = [ref_reuse(t_head, 1, s[1], t[1], gfl_predict(sc))
                for s, t, sc in zip(s_out, t_out, t_head.scales)]
     gts, _, metas = unpack_gt_instances(samples)
-    anchors, valid = s_head.get_anchors([o[0].shape[-2:] for o in s_out], metas, 'cpu')
+    anchors, valid = s_head.get_anchors([o[0][0].shape[-2:] for o in s_out], metas, 'cpu')
     _, labels, label_weights, _, _, avg_factor = s_head.get_targets(anchors, valid, gts, metas)
     cls_kd, reg_levels, weight_sum, ld = 0, [], 0, 0
-    for (c_cls, c_reg), s, t, lw, lab in zip(crossed, s_out, t_out, label_weights, labels):
+    for (c_cls, c_reg), (s, _), (t, _), lw, lab in zip(crossed, s_out, t_out, label_weights,
+                                                        labels):
         t_cls, lw, lab = rows(t[0], 7), lw.reshape(-1), lab.reshape(-1)
         cls_kd = cls_kd + ref_kd_qfl(rows(c_cls, 7), t_cls, lw, avg_factor)
         w = t_cls.max(1)[0].sigmoid()
@@ -253,13 +229,22 @@ def test_crosskd_gfl_and_ld_are_the_official_arithmetic(ckpts):
     ('retina', CROSS_RETINA, dict(reused_teacher_head_idx=3),
      r'reused_teacher_head_idx=3: expected an int in \[1, 2\]'),
     ('retina', dict(loss_kd=dict(type='LogitKDLoss', source='dense_cls')),
-     dict(reused_teacher_head_idx=1), r"no loss reads source 'cross_cls' or 'cross_reg'"),
+     dict(reused_teacher_head_idx=1),
+     r"no loss reads a CrossKD source \['cross_cls', 'cross_reg', 'cross_centerness'\]"),
     ('gfl', CROSS_RETINA, dict(student=CONFIGS['retina'][0]),
      r'same head type, got student RetinaHead and teacher GFLHead'),
     ('gfl', dict(loss_ld=dict(type='LDLoss', source='dense_cls')), {},
      r"\(LDLoss\) reads regression rows: source 'dense_reg' or 'cross_reg', not 'dense_cls'"),
     ('retina', dict(loss_cls_kd=dict(type='CrossKDClsLoss', source='neck')), {},
      r"\(CrossKDClsLoss\) reads \['assignment'\] of a dense head: its source must be"),
+    ('retina', CROSS_ATSS, {},
+     r"source 'cross_centerness' distils the centerness .* the RetinaHead predicts none. "
+     r'It works for ATSSHead and FCOSHead pairs'),
+    ('gfl', dict(loss_center_kd=CROSS_ATSS['loss_center_kd']), {},
+     r"source 'cross_centerness' .* the GFLHead predicts none.*for RetinaNet and GFL pairs "
+     r"drop that loss"),
+    ('gfl', dict(loss_center_kd=dict(type='CrossKDCenternessLoss', source='cross_cls')), {},
+     r"CrossKDCenternessLoss.*cross_centerness"),
     ('retina', CROSS_RETINA, dict(teacher_class_map='by_name'),
      r"teacher_class_map='by_name' cannot be combined with the CrossKD sources "
      r"\['cross_cls', 'cross_reg'\]: .*teacher_class_map=None"),
