@@ -102,10 +102,11 @@ def ref_fcos_predict(scale, stride):
     return predict
 
 
-# --- CrossKD's ATSS centerness and FCOS terms (jbwang1997/CrossKD@ae7fba9bb029532dfbf1d15e140dd74a99c1829e,
-# mmdet/models/detectors/crosskd_atss.py ``pred_imitation_loss_single`` and
-# crosskd_fcos.py ``loss_by_feat``; config configs/crosskd/crosskd_r50_atss_r101_fpn_1x_coco.py:
-# loss_center_kd = sigmoid CrossEntropyLoss, weight 1).
+# --- CrossKD's ATSS centerness and FCOS terms (jbwang1997/CrossKD at
+# ae7fba9bb029532dfbf1d15e140dd74a99c1829e: mmdet/models/detectors/crosskd_atss.py
+# ``pred_imitation_loss_single`` and crosskd_fcos.py ``loss_by_feat``; its ATSS config
+# configs/crosskd/crosskd_r50_atss_r101_fpn_1x_coco.py: loss_center_kd = sigmoid
+# CrossEntropyLoss, weight 1).
 
 def ref_center_kd(crossed, teacher, labels, num_classes, avg_factor):
     """One level: at the positives (0 <= label < num_classes), BCE of the crossed centerness

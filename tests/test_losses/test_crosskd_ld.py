@@ -6,7 +6,9 @@ official code runs them (kd_det's losses get every level's rows at once):
   ``mmdet/models/losses/kd_loss.py`` (``kd_quality_focal_loss``,
   ``knowledge_distillation_kl_div_loss`` with ``class_reduction``) and
   ``mmdet/models/detectors/crosskd_{retinanet,gfl}.py`` (``pred_mimicking_loss_single``,
-  ``loss_by_feat``: GIoU / avg_factor; bins / 4 per level, then / the summed weights).
+  ``loss_by_feat``: GIoU / avg_factor; bins / 4 per level, then / the summed weights);
+  @ae7fba9bb029532dfbf1d15e140dd74a99c1829e ``crosskd_atss.py`` (the centerness term at the
+  positives) and ``crosskd_fcos.py`` (IoU on the boxes).
 - LD: mmdet 3.3.0, ``mmdet/models/dense_heads/ld_head.py`` (``LDHead.loss_by_feat_single``)
   and ``mmdet/models/losses/kd_loss.py``.
 """
@@ -14,9 +16,10 @@ import pytest
 import torch
 
 import kd_det.losses  # noqa: F401  (registers the losses)
-from kd_det.losses import CrossKDBinsLoss, CrossKDBoxLoss, CrossKDClsLoss, LDLoss
+from kd_det.losses import (CrossKDBinsLoss, CrossKDBoxLoss, CrossKDCenternessLoss,
+                           CrossKDClsLoss, LDLoss)
 from kd_det.models.assignment import Assignment
-from official_crosskd_ld import EPS, ref_giou, ref_kd_qfl, ref_kl
+from official_crosskd_ld import EPS, ref_center_kd, ref_giou, ref_iou_log, ref_kd_qfl, ref_kl
 
 LEVELS = (30, 12)  # rows per level
 
@@ -67,6 +70,37 @@ def test_box_kd_is_giou_weighted_by_the_teachers_score():
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_box_kd_takes_mmdets_iou_loss_as_crosskds_fcos_recipe():
+    g = torch.Generator().manual_seed(5)
+    s, t = boxes(sum(LEVELS), g).requires_grad_(), boxes(sum(LEVELS), g)
+    logits = torch.randn(sum(LEVELS), 5, generator=g)
+    a = assignment(sum(LEVELS))._replace(label_weights=torch.ones(sum(LEVELS)), avg_factor=3.7)
+    loss = CrossKDBoxLoss(loss_weight=0.75, box_loss=dict(type='IoULoss'))(
+        s, t, teacher_logits=logits, assignment=a)
+    w = logits.max(1)[0].sigmoid()
+    torch.testing.assert_close(loss, 0.75 * (ref_iou_log(s, t) * w).sum() / (3.7 + EPS))
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_centerness_kd_is_crosskds_atss_term_at_the_positives():
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(sum(LEVELS), 1, generator=g).requires_grad_()
+    t = torch.randn(sum(LEVELS), 1, generator=g)
+    a = assignment(sum(LEVELS))
+    loss = CrossKDCenternessLoss(loss_weight=2.0, num_classes=5)(s, t, assignment=a)
+    # official: one call per level at that level's positives, the same avg_factor
+    expected = 2.0 * sum(ref_center_kd(sl[:, 0], tl[:, 0], ll, 5, a.avg_factor)
+                         for sl, tl, ll in zip(split(s), split(t), split(a.labels)))
+    assert expected > 0
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert (s.grad[a.labels == 5] == 0).all() and (s.grad[a.labels < 5] != 0).all()
+    none = a._replace(labels=torch.full_like(a.labels, 5))
+    zero = CrossKDCenternessLoss(num_classes=5)(s, t, assignment=none)
+    assert zero == 0 and zero.requires_grad  # in the graph: DDP sees every parameter
 
 
 @pytest.mark.parametrize('T, reduce', [(1.0, 'sum'), (2.0, 'mean')])
@@ -124,3 +158,9 @@ def test_bad_options_and_shapes_are_refused():
     with pytest.raises(ValueError, match='num_classes is not set'):
         LDLoss()(torch.randn(6, 68), torch.randn(6, 68), assignment=a,
                  student_logits=torch.randn(6, 5))
+    with pytest.raises(ValueError, match='num_classes is not set'):
+        CrossKDCenternessLoss()(torch.randn(6, 1), torch.randn(6, 1), assignment=a)
+    with pytest.raises(ValueError, match=r'\(R, 1\).*\(6, 2\), \(6, 2\) and \(6,\)'):
+        CrossKDCenternessLoss(num_classes=5)(torch.randn(6, 2), torch.randn(6, 2), assignment=a)
+    with pytest.raises(ValueError, match="loss_weight must be non-negative, got -1"):
+        CrossKDCenternessLoss(loss_weight=-1)
