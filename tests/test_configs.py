@@ -57,6 +57,8 @@ REQUIRED = [
     # issue 31: CrossKD's and LD's published pairs
     'crosskd/crosskd_gfl_r101-ms-2x-to-r50_fpn_1x_coco.py',
     'crosskd/crosskd_retinanet_r101-to-r50_fpn_2x_coco.py',
+    'crosskd/crosskd_atss_r101-to-r50_fpn_1x_coco.py',
+    'crosskd/crosskd_fcos_r101-ms-2x-to-r50_caffe_fpn_gn-head_ms-640-800-2x_coco.py',
     'ld/ld_gfl_r101-ms-2x-to-r18_fpn_1x_coco.py',
     'ld/ld_gfl_r101-ms-2x-to-r34_fpn_1x_coco.py',
     'ld/ld_gfl_r101-ms-2x-to-r50_fpn_1x_coco.py',
@@ -117,14 +119,16 @@ def teachers_parsed_once(monkeypatch):
 
 
 def level_strides(model_cfg):
-    """Strides of a detector's neck levels, from its RPN/dense head's anchor generator, or
-    for a DETR's ChannelMapper from the backbone's out_indices (stage i: stride 4 * 2^i, for
-    ResNet and Swin alike) and one halving per extra level."""
+    """Strides of a detector's neck levels, from its RPN/dense head's anchor generator (or
+    an anchor-free head's own ``strides``), or for a DETR's ChannelMapper from the
+    backbone's out_indices (stage i: stride 4 * 2^i, for ResNet and Swin alike) and one
+    halving per extra level."""
     for head in ('rpn_head', 'bbox_head'):
         head_cfg = model_cfg.get(head)
         if not isinstance(head_cfg, dict):
             continue
-        generator = head_cfg.get('anchor_generator') or head_cfg.get('prior_generator')
+        generator = head_cfg.get('anchor_generator') or head_cfg.get('prior_generator') \
+            or head_cfg  # anchor-free heads (FCOS) take their strides themselves
         if generator and 'strides' in generator:
             return [s if isinstance(s, int) else s[0] for s in generator['strides']]
     neck = model_cfg.get('neck')
