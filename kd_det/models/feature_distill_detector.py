@@ -56,7 +56,7 @@ class FeatureDistillDetector(BaseDetector):
             registered loss plus optional ``source`` (default
             ``feature_source``; one of ``'neck'``, ``'backbone'``, ``'taps'``, ``'roi_cls'``,
             ``'roi_reg'``, ``'roi_embed'``, ``'roi_levels'``, ``'dense_cls'``, ``'dense_reg'``,
-            ``'cross_cls'``, ``'cross_reg'``),
+            ``'cross_cls'``, ``'cross_reg'``, ``'cross_centerness'``),
             ``levels`` (student levels; default every student level with a
             teacher partner), ``warmup_iters`` and ``stop_epoch`` (see
             :mod:`.loss_schedule`). Log names must start with ``loss_`` and
