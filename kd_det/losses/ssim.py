@@ -2,11 +2,16 @@
 import logging
 import os
 import shutil
-import time
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 import torch.nn as nn
@@ -17,117 +22,13 @@ from mmengine.logging import print_log
 
 from mmdet.registry import MODELS
 
+from .gaussian_blur import blur_table, blurred_size, gaussian_blur, separable_blur
 from .receives import Receives
 from .utils import (as_float32_pair, check_feature_pair, check_non_negative,
                     float32_no_autocast)
 
 # first dim flattened into the min-max statistics of each granularity
 _NORMALIZE_START_DIM = {'channel': 2, 'image': 1, 'level': 0}
-
-
-def gaussian_window(window_size: int, sigma: float) -> Tensor:
-    """1-D Gaussian window of odd length ``window_size`` summing to one (float64)."""
-    coords = torch.arange(window_size, dtype=torch.float64) - window_size // 2
-    window = torch.exp(-coords.pow(2) / (2 * sigma**2))
-    return window / window.sum()
-
-
-def _reflect(index: Tensor, size: int) -> Tensor:
-    """Fold indices into [0, size) by mirroring about the edge pixels (torch's 'reflect'),
-    repeated periodically so that any padding width is defined."""
-    if size == 1:
-        return torch.zeros_like(index)
-    period = 2 * (size - 1)
-    index = index.remainder(period)
-    return torch.where(index < size, index, period - index)
-
-
-@lru_cache(maxsize=256)
-def _blur_table(size: int, window_size: int, sigma: float,
-                padding: str) -> Tuple[Tensor, Tensor, int]:
-    """The blur along one side of length ``size``: out[o] = sum_t w[t] in[src[o + t]].
-
-    Returns the taps w (float64), src (int64, length out + taps - 1) and out.
-    'same': out = size, the input reflect-padded by window_size // 2 (folded into src).
-    'valid': out = size - window_size + 1; when size < window_size, no blur (one tap of 1).
-    """
-    if padding == 'valid' and size < window_size:
-        return torch.ones(1, dtype=torch.float64), torch.arange(size), size
-    window = gaussian_window(window_size, sigma)
-    if padding == 'valid':
-        return window, torch.arange(size), size - window_size + 1
-    return window, _reflect(torch.arange(size + window_size - 1) - window_size // 2, size), size
-
-
-@lru_cache(maxsize=256)
-def _blur_matrix(size: int, window_size: int, sigma: float, padding: str) -> Optional[Tensor]:
-    """Matrix B (size, out), float64, such that ``rows @ B`` is :func:`_blur_table`'s blur
-    along the last dim; None where that blur is the identity."""
-    window, src, out = _blur_table(size, window_size, sigma, padding)
-    if len(window) == 1:
-        return None
-    taps = torch.arange(len(window))[:, None]
-    dst = torch.arange(out).expand(len(window), out)
-    matrix = torch.zeros(size, out, dtype=torch.float64)
-    matrix.index_put_((src[dst + taps].reshape(-1), dst.reshape(-1)),
-                      window[:, None].expand(-1, out).reshape(-1), accumulate=True)
-    return matrix
-
-
-# On CPU a side this long or longer is blurred in blocks of _BLOCK outputs, each a product with
-# only the rows of the band it needs: fewer multiply-adds than the whole banded matrix
-# (26 instead of 128 per value at 128 with window 11), and faster from about 64 on
-# (tools/analysis/benchmark_losses.py). On CUDA the whole matrix, in one product.
-_BLOCK = 16
-_BLOCKED_FROM = 64
-
-
-@lru_cache(maxsize=256)
-def _blur_blocks(size: int, window_size: int, sigma: float, padding: str, adjoint: bool,
-                 device: torch.device, dtype: torch.dtype) -> Optional[List[Tuple]]:
-    """The blur of a side of length ``size`` (its adjoint with ``adjoint``) as
-    [(lo, hi, block)]: the outputs of ``rows[..., lo:hi] @ block`` concatenated in order."""
-    matrix = _blur_matrix(size, window_size, sigma, padding)
-    if matrix is None:
-        return None
-    if adjoint:
-        matrix = matrix.mT
-    outputs = matrix.shape[1]
-    step = _BLOCK if device.type == 'cpu' and outputs >= _BLOCKED_FROM else outputs
-    blocks = []
-    for start in range(0, outputs, step):
-        block = matrix[:, start:start + step]
-        rows = block.ne(0).any(1).nonzero()
-        lo, hi = rows.min().item(), rows.max().item() + 1
-        blocks.append((lo, hi, block[lo:hi].to(device=device, dtype=dtype)))
-    return blocks
-
-
-def _separable_blur(maps: Tensor, size: Tuple[int, int], window_size: int, sigma: float,
-                    padding: str, adjoint: bool = False) -> Tensor:
-    """Gaussian blur (or its adjoint) of ``maps`` (..., H', W') along W, then H; ``size`` is
-    the (H, W) of the blur's input."""
-    height, width = size
-    blocks = _blur_blocks(width, window_size, sigma, padding, adjoint, maps.device, maps.dtype)
-    if blocks is not None:
-        parts = [maps[..., lo:hi] @ block for lo, hi, block in blocks]
-        maps = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-    blocks = _blur_blocks(height, window_size, sigma, padding, adjoint, maps.device, maps.dtype)
-    if blocks is not None:
-        parts = [block.mT @ maps[..., lo:hi, :] for lo, hi, block in blocks]
-        maps = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
-    return maps
-
-
-def gaussian_blur(maps: Tensor, window_size: int = 11, sigma: float = 1.5,
-                  padding: str = 'same') -> Tensor:
-    """Separable Gaussian blur of ``maps`` (..., H, W) -> (..., H', W').
-
-    Each 1-D pass is a product with a banded matrix (reflect padding folded in; on CPU long
-    sides block by block), which on CPU is faster than a depthwise convolution over the same
-    maps. On CUDA, allowing TF32 matmuls lowers its precision.
-    """
-    return _separable_blur(maps, maps.shape[-2:], window_size, sigma, padding)
 
 
 def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
@@ -149,11 +50,6 @@ def ssim_map(x: Tensor, y: Tensor, window_size: int = 11, sigma: float = 1.5,
     mu_xy = mu_x * mu_y
     mu_sq = mu_x * mu_x + mu_y * mu_y
     return ((2 * mu_xy + c1) * (2 * (e_xy - mu_xy) + c2)) / ((mu_sq + c1) * (e_sq - mu_sq + c2))
-
-
-def _blurred_size(size: int, window_size: int, padding: str) -> int:
-    """Length of one side after :func:`gaussian_blur`."""
-    return size - window_size + 1 if padding == 'valid' and size >= window_size else size
 
 
 def minmax_normalize(x: Tensor, granularity: str = 'channel', eps: float = 1e-6) -> Tensor:
@@ -190,24 +86,32 @@ def _group_minmax(x: Tensor, y: Tensor, start: Optional[int],
 
 
 _KERNEL_SOURCE = Path(__file__).with_name('ssim_cpu.cpp')
-# torch's extension build holds a lock file for its ~30 s; one left by a killed build would
-# make every later load wait forever.
-STALE_LOCK_S = 600
 
 
-def remove_stale_build_lock(build_dir: str, max_age_s: float = STALE_LOCK_S) -> bool:
-    """Remove ``build_dir/lock`` if it is older than ``max_age_s`` (an interrupted build's);
-    return whether it was removed."""
-    lock = os.path.join(build_dir, 'lock')
-    try:
-        if time.time() - os.path.getmtime(lock) <= max_age_s:
-            return False
-        os.remove(lock)
-    except FileNotFoundError:
-        return False
-    print_log(f'kd_det: removed {lock}, left by an interrupted build of the SSIM kernel',
-              logger='current', level=logging.WARNING)
-    return True
+@contextmanager
+def kernel_build_lock(build_dir: str):
+    """Held while this process builds or loads the kernel: an exclusive ``flock`` on
+    ``build_dir/kd_det.lock``, which the OS releases when its holder exits or is killed.
+
+    torch's own build lock, the file ``build_dir/lock``, stays behind when its process is
+    killed mid-build, and every later build then waits for it forever. Every kd_det process
+    holds this lock around torch's, so a ``lock`` file found while holding it was left by a
+    dead process, and is removed. (Without ``fcntl``, e.g. on Windows: no lock, torch's own.)
+    """
+    os.makedirs(build_dir, exist_ok=True)
+    with open(os.path.join(build_dir, 'kd_det.lock'), 'a') as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stale = os.path.join(build_dir, 'lock')
+            if os.path.exists(stale):
+                os.remove(stale)
+                print_log(f'kd_det: removed {stale}, left by a killed build of the SSIM kernel',
+                          logger='current', level=logging.WARNING)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @lru_cache(maxsize=None)
@@ -222,12 +126,12 @@ def _cpu_kernel():
               'compiled, about 30 s)', logger='current')
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
-        remove_stale_build_lock(_get_build_directory('kd_det_ssim_cpu', verbose=False))
         if shutil.which('ninja') is None:  # the pip package's, outside an activated venv
             import ninja
             os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
-        return load('kd_det_ssim_cpu', [str(_KERNEL_SOURCE)],
-                    extra_cflags=['-O3', '-fopenmp-simd'])
+        with kernel_build_lock(_get_build_directory('kd_det_ssim_cpu', verbose=False)):
+            return load('kd_det_ssim_cpu', [str(_KERNEL_SOURCE)],
+                        extra_cflags=['-O3', '-fopenmp-simd'])
     except Exception as error:  # no compiler, no ninja, an unsupported platform
         warnings.warn(f'kd_det: the fused SSIM CPU kernel could not be built ({error}); '
                       'SSIMLoss falls back to its PyTorch implementation, about 2.5x slower')
@@ -241,8 +145,8 @@ def _ssim_sums_kernel(kernel, x: Tensor, y: Tensor, start: Optional[int], eps: f
     the default granularity ('channel') itself. Returns its four results, then x_inv and the
     positions of the min and max of x per group (see :func:`_group_minmax`)."""
     n, channels, height, width = x.shape
-    window_h, src_h, out_h = _blur_table(height, window_size, sigma, padding)
-    window_w, src_w, out_w = _blur_table(width, window_size, sigma, padding)
+    window_h, src_h, out_h = blur_table(height, window_size, sigma, padding)
+    window_w, src_w, out_w = blur_table(width, window_size, sigma, padding)
     slices = n * channels
     if start == 2:  # per slice: the kernel's own
         x_low, x_inv, y_low, y_inv = x.new_empty((4, slices))
@@ -325,7 +229,7 @@ def _ssim_sums_torch(x: Tensor, y: Tensor, x_low: Tensor, x_inv: Tensor, y_low: 
         torch.sub(cs_num, lum_num, out=d_mu).mul_(mu_y)
         d_mu.addcmul_(lum_den.sub_(cs_den).mul_(ssim), mu_x).mul_(inv_den)
         torch.div(ssim, cs_den, out=d_sq)
-        g_mu, g_sq, g_xy = _separable_blur(partials, (height, width), window_size, sigma,
+        g_mu, g_sq, g_xy = separable_blur(partials, (height, width), window_size, sigma,
                                            padding, adjoint=True)
         g = g_mu.addcmul_(xn, g_sq, value=-1).addcmul_(yn, g_xy)
         sum_g[:, lo:hi] = g.sum((2, 3))
@@ -358,8 +262,8 @@ class _MeanSSIM(torch.autograd.Function):
                 c2: float, padding: str, granularity: Optional[str], eps: float) -> Tensor:
         needs_grad = ctx.needs_input_grad[0]
         n, channels, height, width = x.shape
-        out_size = (_blurred_size(height, window_size, padding),
-                    _blurred_size(width, window_size, padding))
+        out_size = (blurred_size(height, window_size, padding),
+                    blurred_size(width, window_size, padding))
         count = n * channels * out_size[0] * out_size[1]
         grad_scale = 2 / count  # d mean(S) / dx = 2 / count * (halved partials blurred back)
         start = None if granularity is None else _NORMALIZE_START_DIM[granularity]

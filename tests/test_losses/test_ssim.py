@@ -1,4 +1,7 @@
 """SSIMLoss against kornia ('same') and pytorch_msssim ('valid'), plus its properties."""
+import subprocess
+import sys
+import time
 import warnings
 
 import kornia
@@ -9,9 +12,12 @@ import torch
 import torch.nn.functional as F
 import torch.utils.cpp_extension
 
+from kd_det.losses import gaussian_blur as blur_module
 from kd_det.losses import ssim as ssim_module
-from kd_det.losses.ssim import (SSIMLoss, _MeanSSIM, gaussian_blur, gaussian_window,
-                                 minmax_normalize, ssim_loss, ssim_map)
+from kd_det.losses.gaussian_blur import gaussian_blur, gaussian_window
+from kd_det.losses.ssim import (SSIMLoss, _MeanSSIM, kernel_build_lock, minmax_normalize,
+                                ssim_loss, ssim_map)
+from testing_utils import REPO
 
 
 @pytest.fixture(params=['kernel', 'torch'])
@@ -33,11 +39,11 @@ def torch_impl(monkeypatch):
 def small_blur_blocks(monkeypatch):
     """Blur every side in blocks of 3 outputs (CPU sides of 64 or more are blurred in blocks of
     16): blocks narrower than the window, at both edges and in the middle."""
-    ssim_module._blur_blocks.cache_clear()
-    monkeypatch.setattr(ssim_module, '_BLOCK', 3)
-    monkeypatch.setattr(ssim_module, '_BLOCKED_FROM', 1)
+    blur_module.blur_blocks.cache_clear()
+    monkeypatch.setattr(blur_module, '_BLOCK', 3)
+    monkeypatch.setattr(blur_module, '_BLOCKED_FROM', 1)
     yield
-    ssim_module._blur_blocks.cache_clear()
+    blur_module.blur_blocks.cache_clear()
 
 
 def structured_pair(n, c, h, w):
@@ -227,13 +233,15 @@ def test_no_gradient_work_under_no_grad(ssim_impl, monkeypatch):
     """The forward computes dL/dx only when autograd will ask for it."""
     grad_computed = []
     if ssim_impl == 'torch':
-        blur = ssim_module._separable_blur
+        blur = blur_module.separable_blur
 
         def spy(*args, adjoint=False):
             grad_computed.append(adjoint)
             return blur(*args, adjoint=adjoint)
 
-        monkeypatch.setattr(ssim_module, '_separable_blur', spy)
+        # the forward blurs through gaussian_blur, the backward calls separable_blur itself
+        monkeypatch.setattr(blur_module, 'separable_blur', spy)
+        monkeypatch.setattr(ssim_module, 'separable_blur', spy)
     else:
         kernel = ssim_module._cpu_kernel()
 
@@ -309,14 +317,31 @@ def test_ssim_map_stays_differentiable():
     assert torch.autograd.gradcheck(lambda a: ssim_map(a, y).sum(), (x,))
 
 
-def test_a_stale_kernel_build_lock_is_removed_a_fresh_one_kept(tmp_path):
-    import os
-    import time
-    from kd_det.losses.ssim import remove_stale_build_lock
+HOLD_BUILD_LOCK = """
+import sys, time
+from kd_det.losses.ssim import kernel_build_lock
+with kernel_build_lock(sys.argv[1]):
+    open(sys.argv[1] + '/held', 'w').close()
+    time.sleep(2)
+    open(sys.argv[1] + '/released', 'w').close()
+"""
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='flock')
+def test_kernel_build_lock_waits_for_a_live_build_and_clears_a_dead_ones(tmp_path):
+    """torch's build lock file, left by a build killed a moment ago (as a stopped machine
+    leaves it), would make the next load wait forever: under kd_det's lock it is removed.
+    A build still running in another process is waited for."""
     lock = tmp_path / 'lock'
-    lock.write_text('')
-    assert not remove_stale_build_lock(str(tmp_path), max_age_s=600) and lock.exists()
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    assert remove_stale_build_lock(str(tmp_path), max_age_s=600) and not lock.exists()
-    assert not remove_stale_build_lock(str(tmp_path))  # no lock: nothing to do
+    lock.write_text('')  # fresh: an age rule cannot tell it from a live build's
+    with kernel_build_lock(str(tmp_path)):
+        assert not lock.exists()
+    holder = subprocess.Popen([sys.executable, '-c', HOLD_BUILD_LOCK, str(tmp_path)],
+                              cwd=REPO)
+    deadline = time.time() + 60
+    while not (tmp_path / 'held').exists():
+        assert holder.poll() is None and time.time() < deadline, 'the holder did not start'
+        time.sleep(0.05)
+    with kernel_build_lock(str(tmp_path)):
+        assert (tmp_path / 'released').exists(), 'entered while another process held it'
+    assert holder.wait(60) == 0
