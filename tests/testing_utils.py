@@ -202,7 +202,7 @@ def snapshot_hook():
 def _gloo_rank(work: Callable[[int], Any], rank: int, world_size: int, port: int,
                results) -> None:
     import torch
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
+    torch.set_num_threads(1)
     torch.distributed.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
                                          rank=rank, world_size=world_size)
     try:
@@ -212,27 +212,34 @@ def _gloo_rank(work: Callable[[int], Any], rank: int, world_size: int, port: int
 
 
 def run_gloo_ranks(work: Callable[[int], Any], world_size: int = 2) -> Dict[int, Any]:
-    """``{rank: work(rank)}`` from ``world_size`` forked processes in one gloo process group.
+    """``{rank: work(rank)}`` from ``world_size`` fresh processes in one gloo process group.
 
-    ``work`` runs between ``init_process_group`` and ``destroy_process_group`` and returns
-    something picklable; every process must exit cleanly (asserted).
+    ``work``, a module-level function (the processes are spawned, so it is pickled by name),
+    runs between ``init_process_group`` and ``destroy_process_group`` and returns something
+    picklable; every process must exit cleanly (asserted). Spawned, not forked: a fork of
+    the test process inherits whatever threads and locks earlier tests left in it; a forked
+    rank once failed late in an oldest-stack run, and never when run alone.
     """
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
-    ctx = multiprocessing.get_context('fork')
+    ctx = multiprocessing.get_context('spawn')
     with ctx.Manager() as manager:
         shared = manager.dict()
         procs = [ctx.Process(target=_gloo_rank, args=(work, r, world_size, port, shared))
                  for r in range(world_size)]
         for p in procs:
             p.start()
+        timeout = 120  # seconds; a spawned rank first imports torch and the test module
         for p in procs:
-            p.join(60)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+            p.join(timeout)
+        hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
+        for rank in hung:
+            procs[rank].terminate()
         results = dict(shared)
-    assert all(p.exitcode == 0 for p in procs)
+    exits = [p.exitcode for p in procs]
+    assert not hung and exits == [0] * world_size, (
+        f'gloo ranks: exit codes {exits}, still running after {timeout} s: {hung}, '
+        f'results from ranks {sorted(results)}')
     return results
 

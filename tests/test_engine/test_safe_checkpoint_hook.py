@@ -1,4 +1,4 @@
-"""SafeCheckpointHook and find_resumable_checkpoint: no crash during a save loses a checkpoint.
+"""SafeCheckpointHook: no crash during a save loses a checkpoint.
 
 The hooks run against a stand-in Runner whose ``save_checkpoint`` is mmengine's real writer
 (``mmengine.runner.checkpoint.save_checkpoint``, through the file backend the hook asks
@@ -6,7 +6,7 @@ for), so a crash is injected where the bytes reach the disk: :class:`HalfWriter`
 of the checkpoint, records what a kill at that moment would leave on disk (no cleanup code
 runs after a kill), then raises. mmengine's own CheckpointHook runs the same tests where
 they apply, to show what they catch. The kill -9 of a real training run is in
-tests/test_tools/test_kill_resume.py.
+tests/test_tools/test_kill_resume.py; find_resumable_checkpoint in ./test_resume.py.
 """
 import builtins
 import errno
@@ -26,7 +26,7 @@ from mmengine.runner.checkpoint import save_checkpoint
 
 from testing_utils import DEMO_PAIR, DEMO_STUDENT, DEMO_TEACHER, REPO
 from kd_det.checkpoint import CheckpointError, safe_load
-from kd_det.engine import SafeCheckpointHook, find_resumable_checkpoint
+from kd_det.engine import SafeCheckpointHook
 from kd_det.engine.safe_checkpoint_hook import TMP_SUFFIX, atomic_write
 
 BEST = 'coco/bbox_mAP'
@@ -338,59 +338,6 @@ def test_configs_use_the_safe_hook():
         assert (hook_cfg.type, hook_cfg.interval) == ('SafeCheckpointHook', interval), path
     hook = HOOKS.build(dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=1))
     assert isinstance(hook, SafeCheckpointHook) and hook.max_keep_ckpts == 1
-
-
-# ------------------------------------------------------------------- find_resumable_checkpoint
-def write_checkpoints(work_dir, iters, last=None):
-    for it in iters:
-        torch.save({'meta': {'iter': it}, 'state_dict': {'w': torch.zeros(4)}},
-                   str(work_dir / f'iter_{it}.pth'))
-    if last is not None:
-        (work_dir / 'last_checkpoint').write_text(str(work_dir / last))
-
-
-def truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-
-
-def find_with_warnings(work_dir):
-    with mock.patch('kd_det.engine.resume.print_log') as log:
-        found = find_resumable_checkpoint(str(work_dir))
-    return found, [c.args[0] for c in log.call_args_list if c.kwargs.get('level')]
-
-
-def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
-    write_checkpoints(tmp_path, [2, 4, 6], last='iter_6.pth')
-    truncate(tmp_path / 'iter_6.pth')
-    found, warnings = find_with_warnings(tmp_path)
-    assert found == str(tmp_path / 'iter_4.pth')
-    assert any(f"skipping {tmp_path / 'iter_6.pth'}" in w and 'truncated' in w
-               for w in warnings), warnings
-
-
-def test_resume_trusts_a_good_last_checkpoint(tmp_path):
-    # an older run's higher-numbered file does not win over what last_checkpoint names
-    write_checkpoints(tmp_path, [2, 12], last='iter_2.pth')
-    assert find_with_warnings(tmp_path) == (str(tmp_path / 'iter_2.pth'), [])
-
-
-def test_resume_without_last_checkpoint_takes_the_highest_number(tmp_path):
-    write_checkpoints(tmp_path, [9, 10])
-    (tmp_path / ('iter_12.pth' + TMP_SUFFIX)).write_bytes(b'half')
-    (tmp_path / 'best_coco_bbox_mAP_iter_11.pth').write_bytes(b'')
-    found, warnings = find_with_warnings(tmp_path)
-    assert found == str(tmp_path / 'iter_10.pth')
-    assert len(warnings) == 1 and 'last_checkpoint is missing' in warnings[0]
-
-
-def test_resume_names_a_deleted_checkpoint_and_finds_none(tmp_path):
-    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
-    (tmp_path / 'epoch_2.pth').write_bytes(b'not a checkpoint')
-    found, warnings = find_with_warnings(tmp_path)
-    assert found is None
-    assert 'epoch_3.pth' in warnings[0] and 'epoch_2.pth' in warnings[1]
-    assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
 
 
 # ------------------------------------------------------------------- file permissions
