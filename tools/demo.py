@@ -8,64 +8,74 @@
     python tools/demo.py --split tune    # evaluate on the tune split (for choosing settings)
     python tools/demo.py --split tune --methods rrd \\
         'rrd[model.distill_losses.loss_rrd.loss_weight=0.1]'
+    python tools/demo.py --family gfl    # the one-stage pair (GFL): CrossKD and LD
 
 Steps, all real: generate the synthetic shapes dataset (kd_det/demo/synthetic_coco.py),
 take the teacher (the checkpoint shipped in checkpoints/, or train one with
-``--teacher train``), evaluate it, train the student alone and with each distillation
+``--teacher train``, as the GFL family always does), evaluate it, train the student alone and with each distillation
 method under identical schedules and seeds (``tools/train.py``, up to ``--jobs`` at
-once; see :func:`plan_jobs`), evaluate each with COCO mAP (mmdet's CocoMetric), and write
+once; see ``kd_det.demo.runs.plan_jobs``), evaluate each with COCO mAP (mmdet's
+CocoMetric), and write
 ``results.json``, ``results.md``, ``ap_chart.png``, ``loss_curves.png`` and the
-first method's feature-similarity maps (``<method>_similarity.png``) into the work dir. Finished runs are reused when the demo is run again with the same settings.
+first method's feature-similarity maps (``<method>_similarity.png``) into the work dir.
+Finished runs are reused when the demo is run again with the same settings, and an
+interrupted run resumes from its last epoch's checkpoint (``kd_det/demo/runs.py``).
 
 ``--split`` picks the split every run is evaluated on: ``val`` (default; the reported
 numbers) or ``tune`` (distinct images of the same distribution, for tuning loss weights and
 other settings without looking at val). The split is part of each run's cache key, and a
 ``tune`` evaluation keeps all its runs and results under ``<work dir>/tune/``, so it never
 touches the val numbers; both share the dataset in ``<work dir>/data``.
+
+``--family`` picks the detector pair: ``faster-rcnn`` (default; the two-stage methods) or
+``gfl`` (GFL R-34/2 -> R-18/4, for the one-stage methods CrossKD and LD), whose runs live
+under ``<work dir>/gfl/``.
 """
 import argparse
 import glob
-import hashlib
-import json
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from typing import Dict, List, Optional, Tuple
-
-from mmengine.config import Config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from kd_det.analysis.curves import load_scalars, plot_curves  # noqa: E402
+from kd_det.analysis.curves import plot_curves  # noqa: E402
 from kd_det.demo import report  # noqa: E402
+from kd_det.demo.runs import Run, plan_jobs, run_all  # noqa: E402,F401 (plan_jobs: tests)
 from kd_det.demo.synthetic_coco import generate_dataset  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs', 'demo')
-TEACHER_CONFIG = osp.join(CONFIGS, 'faster-rcnn_r34-half_fpn_shapes.py')
 SHIPPED_TEACHER = osp.join(REPO, 'checkpoints', 'demo_teacher_r34-half_shapes.pth')
-METHOD_CONFIGS = {
-    'baseline': 'faster-rcnn_r18-tiny_fpn_shapes.py',
-    'ssim': 'ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'rcka': 'rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'rrd': 'rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'rrd-kd': 'rrd-kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'unikd': 'unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'unikd-features': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'ssim-rcka': 'ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'pkd-rrd': 'pkd-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'kd': 'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'fgd': 'fgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'mgd': 'mgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'unikd-fusion': 'unikd-fusion-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
-    'ssim-rrd': 'ssim-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+# per detector family: its teacher config, its shipped teacher checkpoint (None: trained by
+# the demo) and its students, by --methods name
+FAMILIES = {
+    'faster-rcnn': dict(teacher='faster-rcnn_r34-half_fpn_shapes.py', shipped=SHIPPED_TEACHER,
+                        methods={
+        'baseline': 'faster-rcnn_r18-tiny_fpn_shapes.py',
+        'ssim': 'ssim_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'rcka': 'rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'mse': 'mse_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'pkd': 'pkd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'rrd': 'rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'rrd-kd': 'rrd-kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'unikd': 'unikd-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'unikd-features': 'unikd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'ssim-rcka': 'ssim-rcka_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'pkd-rrd': 'pkd-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'kd': 'kd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'fgd': 'fgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'mgd': 'mgd_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'unikd-fusion': 'unikd-fusion-whole_faster-rcnn_r34h-to-r18t_fpn_shapes.py',
+        'ssim-rrd': 'ssim-rrd_faster-rcnn_r34h-to-r18t_fpn_shapes.py'}),
+    'gfl': dict(teacher='gfl_r34-half_fpn_shapes.py', shipped=None, methods={
+        'baseline': 'gfl_r18-tiny_fpn_shapes.py',
+        'crosskd': 'crosskd_gfl_r34h-to-r18t_fpn_shapes.py',
+        'ld': 'ld_gfl_r34h-to-r18t_fpn_shapes.py'}),
 }
 DATA = dict(full=dict(num_train=600, num_val=150, num_tune=150, image_size=(192, 192)),
             quick=dict(num_train=32, num_val=16, num_tune=16, image_size=(192, 192)))
@@ -75,6 +85,7 @@ SPLITS = ('val', 'tune')
 # seed methods, RRD and UniKD whole (features and logits)
 METHOD_SETS = {'default': ('baseline', 'ssim', 'rcka'),
                'seed': ('baseline', 'ssim', 'rcka', 'rrd', 'unikd')}
+FAMILY_DEFAULTS = {'faster-rcnn': ['default'], 'gfl': ['baseline', 'crosskd', 'ld']}
 # methods that distil neck features (the similarity figure shows the first one run)
 FEATURE_METHODS = ('ssim', 'rcka', 'ssim-rcka', 'mse', 'pkd', 'pkd-rrd', 'fgd', 'mgd',
                    'ssim-rrd')
@@ -85,12 +96,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='default: work_dirs/kd_det_demo[_quick]')
     parser.add_argument('--quick', action='store_true',
                         help='smoke run: 32 train images, 1 epoch, teacher trained 1 epoch')
-    parser.add_argument('--methods', nargs='+', default=['default'],
-                        help=f'students to train: {sorted(METHOD_CONFIGS)}, each optionally '
+    parser.add_argument('--family', default='faster-rcnn', choices=sorted(FAMILIES),
+                        help='the detector pair (default: faster-rcnn)')
+    parser.add_argument('--methods', nargs='+',
+                        help='students to train: ' + '; '.join(
+                            f'{family}: {sorted(f["methods"])}'
+                            for family, f in FAMILIES.items()) + '; each optionally '
                         'with config overrides, e.g. rcka[model.distill_losses.loss_rcka.'
                         'loss_weight=5,...] (a variant of its own in the table), or a named '
-                        'set: ' + '; '.join(f'{k} = {" ".join(v)}'
-                                            for k, v in METHOD_SETS.items()))
+                        'set of faster-rcnn\'s: ' + '; '.join(f'{k} = {" ".join(v)}'
+                                                            for k, v in METHOD_SETS.items())
+                        + '. Default: ' + '; '.join(f'{k}: {" ".join(v)}'
+                                                   for k, v in FAMILY_DEFAULTS.items()))
     parser.add_argument('--split', default='val', choices=SPLITS,
                         help='split every run is evaluated on (default: val); tune runs and '
                         'results go to <work dir>/tune/')
@@ -98,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--epochs', type=int, help='student epochs (default: the config\'s)')
     parser.add_argument('--teacher', default=None,
                         help="teacher checkpoint, or 'train' (default: the shipped one; "
-                        "'train' with --quick)")
+                        "'train' with --quick and for a family without one)")
     parser.add_argument('--teacher-epochs', type=int,
                         help='epochs when training the teacher (default: its config\'s)')
     parser.add_argument('--jobs', type=int,
@@ -109,17 +126,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f'--seeds {args.seeds}: expected >= 1')
     if args.jobs is not None and args.jobs < 1:
         parser.error(f'--jobs {args.jobs}: expected >= 1')
+    methods = FAMILIES[args.family]['methods']
+    sets = METHOD_SETS if args.family == 'faster-rcnn' else {}
+    args.methods = args.methods or FAMILY_DEFAULTS[args.family]
     for token in args.methods:
-        if token not in METHOD_SETS and method_config(token)[0] not in METHOD_CONFIGS:
-            parser.error(f'--methods {token!r}: unknown method; expected one of '
-                         f'{sorted(METHOD_CONFIGS)}, optionally followed by [key=value,...], '
-                         f'or a named set {sorted(METHOD_SETS)}')
+        if token not in sets and method_config(token)[0] not in methods:
+            parser.error(f'--methods {token!r}: not a method of --family {args.family}; '
+                         f'expected one of {sorted(methods)}, optionally followed by '
+                         f'[key=value,...]' + (f', or a named set {sorted(sets)}' if sets
+                                               else ''))
     args.methods = expand_methods(args.methods)
     if args.quick:
         args.epochs = args.epochs or 1
         args.teacher_epochs = args.teacher_epochs or 1
         args.teacher = args.teacher or 'train'
-    args.teacher = args.teacher or SHIPPED_TEACHER
+    args.teacher = args.teacher or FAMILIES[args.family]['shipped'] or 'train'
     if args.teacher != 'train' and not osp.isfile(args.teacher):
         parser.error(f'teacher checkpoint {args.teacher!r} not found; pass --teacher train '
                      'to train one')
@@ -138,27 +159,6 @@ def expand_methods(tokens: List[str]) -> List[str]:
     return methods
 
 
-def plan_jobs(num_runs: int, cpus: int, jobs: Optional[int] = None) -> Tuple[int, int]:
-    """(runs at once, threads per run) for ``num_runs`` training runs on ``cpus`` cores.
-
-    Default: every run at once, one thread each, up to ``cpus + 1`` runs; with fewer runs
-    than cores, the cores are shared out (``cpus // runs`` threads each). On 2 cores the
-    default 3 runs (work a <= b <= c, in one-thread seconds) all start together: while two
-    or more run, both cores are busy, so the wall time is about a / 2 + c, within
-    (c - b) / 2 of the 2-core optimum (a + b + c) / 2. The alternative, two at a time and
-    the third given both threads once they end, takes c + a / s, s being the 2-thread
-    speed-up of these small models: longer whenever s < 2, i.e. always in practice (and
-    the third with one thread as soon as b ends takes max(c, b + a), longer still). With
-    more runs than ``cpus + 1`` the rest queue and start as others end (longest first,
-    see main): one run more than cores keeps every core busy until fewer than ``cpus``
-    runs are left, for the memory of one more process. Each run's wall time then includes
-    the sharing: the runs' times add up to more than the demo took.
-    """
-    if jobs is None:
-        jobs = min(max(num_runs, 1), cpus + 1)
-    return jobs, max(1, cpus // jobs)
-
-
 def method_config(token: str) -> Tuple[str, List[str]]:
     """``'rrd'`` or ``'rrd[key=value,...]'`` -> (method, its extra --cfg-options)."""
     match = re.fullmatch(r'([\w-]+)(?:\[(.*)\])?', token)
@@ -167,104 +167,9 @@ def method_config(token: str) -> Tuple[str, List[str]]:
     return match.group(1), [o for o in (match.group(2) or '').split(',') if o]
 
 
-def method_argv(token: str) -> List[str]:
+def method_argv(token: str, family: str = 'faster-rcnn') -> List[str]:
     """The config path of a --methods token; its overrides go to --cfg-options."""
-    return [osp.join(CONFIGS, METHOD_CONFIGS[method_config(token)[0]])]
-
-
-# ------------------------------------------------------------------ runs
-class Run:
-    """One tools/train.py or tools/test.py job with its own work dir."""
-
-    def __init__(self, name: str, argv: List[str], work_dir: str, split: str) -> None:
-        self.name, self.argv, self.work_dir = name, argv, work_dir
-        # argv[1] is the config of tools/train.py and tools/test.py: its resolved contents
-        # are part of the key, so a run whose config was edited (its bases too) runs again
-        config = Config.fromfile(argv[1]).to_dict()
-        self.key = hashlib.sha1(json.dumps([split, argv, config], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:12]
-        self.result_file = osp.join(work_dir, 'demo_result.json')
-        self.result: Optional[dict] = self.cached()
-
-    def cached(self) -> Optional[dict]:
-        """The result a finished run of the same settings left in the work dir, or None."""
-        if not osp.isfile(self.result_file):
-            return None
-        with open(self.result_file) as f:
-            cached = json.load(f)
-        return cached if cached.get('key') == self.key else None
-
-    def start(self, threads: int) -> subprocess.Popen:
-        os.makedirs(self.work_dir, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-        self.log_path = osp.join(self.work_dir, 'demo_stdout.log')
-        self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, *self.argv], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1)
-        self.tail: deque = deque(maxlen=40)
-        self.reader = threading.Thread(target=self._follow, daemon=True)
-        self.reader.start()
-        return self.proc
-
-    def _follow(self) -> None:
-        with open(self.log_path, 'w') as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                self.tail.append(line)
-                if 'Epoch(' in line or 'teacher check' in line:
-                    print(f'[{self.name}] {line.split(" - ")[-1].strip()[:150]}', flush=True)
-
-    def finish(self) -> dict:
-        self.reader.join()
-        if self.proc.returncode != 0:
-            raise RuntimeError(f'{self.name} failed (exit {self.proc.returncode}); log: '
-                               f'{self.log_path}\n' + ''.join(self.tail))
-        self.result = dict(key=self.key, time=time.time() - self.started,
-                           metrics=self._metrics(), work_dir=self.work_dir)
-        with open(self.result_file, 'w') as f:
-            json.dump(self.result, f, indent=2)
-        return self.result
-
-    def _metrics(self) -> Dict[str, float]:
-        if self.argv[0].endswith('test.py'):  # tools/test.py: <ts>/<ts>.json
-            files = sorted(glob.glob(osp.join(self.work_dir, '*', '[0-9]*_[0-9]*.json')))
-            with open(files[-1]) as f:
-                metrics = json.load(f)
-        else:
-            metrics = load_scalars(self.work_dir)['val'][-1]
-        return {k: v for k, v in metrics.items() if k.startswith('coco/')}
-
-
-def run_all(runs: List[Run], jobs: Optional[int] = None) -> None:
-    """Run the unfinished ``runs``, ``jobs`` at a time (default: :func:`plan_jobs`'s);
-    report each as it ends."""
-    todo = [r for r in runs if r.result is None]
-    for r in runs:
-        if r.result is not None:
-            print(f'[{r.name}] reusing finished run in {r.work_dir}')
-    jobs, threads = plan_jobs(len(todo), os.cpu_count() or 1, jobs)
-    if todo:
-        print(f'[demo] {len(todo)} run(s) to train, {min(jobs, len(todo))} at once, '
-              f'{threads} thread(s) each', flush=True)
-    active: List[Run] = []
-    while todo or active:
-        while todo and len(active) < jobs:
-            run = todo.pop(0)
-            run.result = run.cached()  # another demo process may have finished it meanwhile
-            if run.result is not None:
-                print(f'[{run.name}] reusing finished run in {run.work_dir}')
-                continue
-            print(f'[{run.name}] starting: python {" ".join(run.argv[:2])} ...', flush=True)
-            run.start(threads)
-            active.append(run)
-        time.sleep(1)
-        for run in [r for r in active if r.proc.poll() is not None]:
-            active.remove(run)
-            result = run.finish()
-            print(f'[{run.name}] done in {result["time"]:.0f} s: AP '
-                  f'{100 * result["metrics"]["coco/bbox_mAP"]:.1f}', flush=True)
+    return [osp.join(CONFIGS, FAMILIES[family]['methods'][method_config(token)[0]])]
 
 
 def data_options(root: str, split: str) -> List[str]:
@@ -285,8 +190,8 @@ def epoch_options(epochs: Optional[int]) -> List[str]:
             f'param_scheduler.1.end={epochs}', f'default_hooks.checkpoint.interval={epochs}']
 
 
-def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, img_dir: str,
-                      work_dir: str) -> Optional[str]:
+def similarity_figure(runs: Dict[str, List[Run]], family: str, teacher_ckpt: str,
+                      img_dir: str, work_dir: str) -> Optional[str]:
     """Feature-similarity maps of the first distillation method's seed-0 student on the
     first image of ``img_dir`` (tools/analysis/vis_feature_similarity.py)."""
     method = next((m for m in runs if method_config(m)[0] in FEATURE_METHODS), None)
@@ -297,7 +202,7 @@ def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, img_dir: st
     image = sorted(glob.glob(osp.join(img_dir, '*')))[0]
     proc = subprocess.run(
         [sys.executable, 'tools/analysis/vis_feature_similarity.py',
-         *method_argv(method), image, '--checkpoint', ckpt, '--out-dir', work_dir,
+         *method_argv(method, family), image, '--checkpoint', ckpt, '--out-dir', work_dir,
          '--cfg-options', f'model.teacher_ckpt={teacher_ckpt}', *method_config(method)[1]],
         cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -310,9 +215,12 @@ def similarity_figure(runs: Dict[str, List[Run]], teacher_ckpt: str, img_dir: st
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data_dir = osp.join(osp.abspath(args.work_dir), 'data')
-    split = args.split
-    # everything but the shared dataset lives in a per-split directory
-    work_dir = osp.abspath(args.work_dir if split == 'val' else osp.join(args.work_dir, split))
+    split, family = args.split, args.family
+    # the dataset is shared; a family's runs live in its own directory (faster-rcnn's in the
+    # work dir itself), a tune evaluation's in that directory's tune/
+    family_dir = osp.abspath(args.work_dir if family == 'faster-rcnn'
+                             else osp.join(args.work_dir, family))
+    work_dir = family_dir if split == 'val' else osp.join(family_dir, split)
     os.makedirs(work_dir, exist_ok=True)
     t0 = time.time()
 
@@ -324,23 +232,26 @@ def main(argv=None) -> dict:
           f'evaluating on {split}', flush=True)
     common = data_options(root, split)
 
-    if args.teacher == 'train':
-        teacher_run = Run('teacher', ['tools/train.py', TEACHER_CONFIG, '--work-dir',
-                                      osp.join(work_dir, 'teacher'), '--cfg-options',
-                                      *common, *epoch_options(args.teacher_epochs)],
-                          osp.join(work_dir, 'teacher'), split)
-        run_all([teacher_run], 1)
-        teacher_ckpt = sorted(glob.glob(osp.join(work_dir, 'teacher', 'epoch_*.pth')),
+    teacher_config = osp.join(CONFIGS, FAMILIES[family]['teacher'])
+    train_time = None
+    if args.teacher == 'train':  # once per family, whichever split is evaluated
+        teacher_dir = osp.join(family_dir, 'teacher')
+        trained = Run('teacher', ['tools/train.py', teacher_config, '--work-dir', teacher_dir,
+                                  '--cfg-options', *data_options(root, 'val'),
+                                  *epoch_options(args.teacher_epochs)], teacher_dir, 'val')
+        run_all([trained], 1)
+        train_time = trained.result['time']
+        teacher_ckpt = sorted(glob.glob(osp.join(teacher_dir, 'epoch_*.pth')),
                               key=osp.getmtime)[-1]
     else:
         teacher_ckpt = osp.abspath(args.teacher)
-        teacher_run = Run('teacher', ['tools/test.py', TEACHER_CONFIG, teacher_ckpt,
-                                      '--work-dir', osp.join(work_dir, 'teacher_eval'),
-                                      '--cfg-options', *common],
-                          osp.join(work_dir, 'teacher_eval'), split)
-        run_all([teacher_run], 1)
+    teacher_run = Run('teacher', ['tools/test.py', teacher_config, teacher_ckpt,
+                                  '--work-dir', osp.join(work_dir, 'teacher_eval'),
+                                  '--cfg-options', *common],
+                      osp.join(work_dir, 'teacher_eval'), split)
+    run_all([teacher_run], 1)
     teacher = dict(metrics=teacher_run.result['metrics'], checkpoint=teacher_ckpt,
-                   time=teacher_run.result['time'] if args.teacher == 'train' else None)
+                   time=train_time)
 
     runs: Dict[str, List[Run]] = {m: [] for m in args.methods}
     for seed in range(args.seeds):
@@ -352,7 +263,7 @@ def main(argv=None) -> dict:
             run_dir = osp.join(work_dir, 'runs', re.sub(r'[^\w.-]+', '_', method)
                                + f'_seed{seed}')
             runs[method].append(Run(f'{method} seed {seed}', [
-                'tools/train.py', *method_argv(method),
+                'tools/train.py', *method_argv(method, family),
                 '--work-dir', run_dir, '--cfg-options', *options], run_dir, split))
     # distillation runs cost more per step than the baseline: start them first, so that
     # runs that queue (more runs than --jobs) are the short ones
@@ -364,8 +275,8 @@ def main(argv=None) -> dict:
     summary = report.summarise(results, teacher)
     rows = report.table_rows(summary, teacher)
     machine = report.machine_description()
-    title = (f'kd_det demo: COCO box AP on {data[f"num_{split}_images"]} {split} images, '
-             f'{args.seeds} seed(s), {machine}')
+    title = (f'kd_det demo ({family}): COCO box AP on {data[f"num_{split}_images"]} {split} '
+             f'images, {args.seeds} seed(s), {machine}')
     print('\n' + title + '\n' + report.format_text(rows))
     for method, row in summary.items():
         if method != 'baseline' and args.seeds > 1:
@@ -382,7 +293,7 @@ def main(argv=None) -> dict:
         f'AP per method ({args.seeds} seed(s))'))
     plot_curves({m: rs[0].work_dir for m, rs in runs.items()},
                 osp.join(work_dir, 'loss_curves.png'), title='seed 0 runs')
-    similarity = similarity_figure(runs, teacher_ckpt, data[f'{split}_img_dir'], work_dir)
+    similarity = similarity_figure(runs, family, teacher_ckpt, data[f'{split}_img_dir'], work_dir)
     print(f'\nwrote {work_dir}/results.json, results.md, ap_chart.png, loss_curves.png'
           f'{", " + osp.basename(similarity) if similarity else ""} '
           f'({time.time() - t0:.0f} s in all on {machine})')

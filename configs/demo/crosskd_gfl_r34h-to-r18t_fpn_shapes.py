@@ -2,14 +2,14 @@
 # the COCO recipe of configs/crosskd/: the student head's features after its 1st of 2 stacked
 # convs (the default, the last but one) cross into the teacher's head; KD quality focal loss
 # and the bins' KL (T 1, summed over bins, weight 4). Weights not tuned on the demo.
-# The demo has no trained GFL teacher: pass one with --cfg-options model.teacher_ckpt=...
+# `python tools/demo.py --family gfl` trains the teacher and passes its checkpoint.
 _base_ = './gfl_r18-tiny_fpn_shapes.py'
 model = dict(
     _delete_=True,
     type='FeatureDistillDetector',
     student={{_base_.model}},
     teacher_config='{{ fileDirname }}/gfl_r34-half_fpn_shapes.py',
-    teacher_ckpt='work_dirs/kd_det_demo/teacher_gfl/teacher.pth',
+    teacher_ckpt='work_dirs/kd_det_demo/gfl/teacher/epoch_16.pth',
     distill_losses=dict(
         loss_cls_kd=dict(type='CrossKDClsLoss', source='cross_cls'),
         loss_reg_kd=dict(type='CrossKDBinsLoss', source='cross_reg', T=1.0,

@@ -1,7 +1,7 @@
 # LD on the demo's GFL pair (./gfl_r34-half_fpn_shapes.py -> ./gfl_r18-tiny_fpn_shapes.py),
 # the COCO recipe of configs/ld/ (mmdet 3.3's LD: T 10, weight 0.25, at the student's
 # positives). Weights not tuned on the demo.
-# The demo has no trained GFL teacher: pass one with --cfg-options model.teacher_ckpt=...
+# `python tools/demo.py --family gfl` trains the teacher and passes its checkpoint.
 _base_ = './crosskd_gfl_r34h-to-r18t_fpn_shapes.py'
 model = dict(
     distill_losses=dict(
