@@ -6,10 +6,10 @@
 # that vector each side predicts a diagonal Gaussian over the 81 class logits. The
 # teacher side (fusion + predictor) is fitted to the teacher's logits only (support loss),
 # the student's pulled to it by the closed-form KL. Channels, levels and classes come from
-# the models. ./unikd-fusion-whole_* adds the logit half. Weight: set by gradient share at
-# init on a COCO-sized batch (configs/unikd/README.md).
+# the models. ./unikd-fusion-whole_* adds the logit half. Weight: the demo's, chosen on its
+# tune split (8), carried to COCO by gradient share at init (configs/unikd/README.md).
 _base_ = './unikd_faster-rcnn_r101-to-r50_fpn_1x_coco.py'
 model = dict(
     distill_losses=dict(
-        loss_unikd=dict(type='UniKDLoss', source='roi_levels', loss_weight=4.5,
+        loss_unikd=dict(type='UniKDLoss', source='roi_levels', loss_weight=9.0,
                         support_weight=1.0)))
