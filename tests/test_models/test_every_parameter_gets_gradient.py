@@ -22,6 +22,10 @@ What is changed, and why it cannot hide a missing gradient:
 * DINO takes 50 queries, not 900: its two-stage encoder picks the top ``num_queries``
   of its tokens, of which a 64x64 image has 85; the query count sizes one embedding, and
   every query parameter is in the graph for any count.
+* ``init_weights()`` runs on the student side and on the teacher, as mmengine's runner
+  does before training, but without ``Pretrained`` init_cfgs (no download): without it,
+  parameters mmdet creates empty (a DINO student's level embedding) hold whatever memory
+  they got, NaN now and then, and the matcher refuses them.
 * Configs whose ``model`` is identical but for ``teacher_ckpt`` (the 1x and 2x schedules
   of one pair) are checked once.
 
@@ -66,9 +70,14 @@ def distill_configs():
 
 
 def _shrunk(cfg):
-    """``cfg`` with SyncBN as BN and 64 sampled RoIs per image (see the module docstring)."""
+    """``cfg`` with SyncBN as BN, no Pretrained init_cfg, 64 sampled RoIs per image, 50 DINO
+    queries (see the module docstring)."""
     if isinstance(cfg, dict):
         out = {k: _shrunk(v) for k, v in cfg.items()}
+        if isinstance(out.get('init_cfg'), (dict, list)):
+            inits = [i for i in (out['init_cfg'] if isinstance(out['init_cfg'], list)
+                                 else [out['init_cfg']]) if i.get('type') != 'Pretrained']
+            out['init_cfg'] = inits or None
         if out.get('type') == 'SyncBN':
             out['type'] = 'BN'
         if 'num_queries' in out and out.get('type') in ('DINO', 'DeformableDETR'):
@@ -86,16 +95,19 @@ def _shrunk(cfg):
     return cfg
 
 
-_teachers = {}
+def random_teachers():
+    """kd_det's ``build_teacher`` without the checkpoint: random weights, frozen, shared by
+    the configs of one test (and freed with it: the biggest teachers take gigabytes)."""
+    teachers = {}
 
-
-def random_teacher(model_cfg, checkpoint, strict=True):
-    """kd_det's ``build_teacher`` without the checkpoint: random weights, frozen, shared."""
-    key = json.dumps(dict(model_cfg), sort_keys=True, default=str)
-    if key not in _teachers:
-        teacher = MODELS.build(ConfigDict(_shrunk(copy.deepcopy(dict(model_cfg)))))
-        _teachers[key] = teacher.requires_grad_(False).eval()
-    return _teachers[key]
+    def random_teacher(model_cfg, checkpoint, strict=True):
+        key = json.dumps(dict(model_cfg), sort_keys=True, default=str)
+        if key not in teachers:
+            teacher = MODELS.build(ConfigDict(_shrunk(copy.deepcopy(dict(model_cfg)))))
+            teacher.init_weights()
+            teachers[key] = teacher.requires_grad_(False).eval()
+        return teachers[key]
+    return random_teacher
 
 
 def missing_gradients(model_cfg) -> list:
@@ -103,6 +115,7 @@ def missing_gradients(model_cfg) -> list:
     ``loss()`` and backward on two 64x64 images (128x128 with a deformable-conv teacher)."""
     torch.manual_seed(0)
     model = MODELS.build(ConfigDict(_shrunk(model_cfg.to_dict())))
+    model.init_weights()  # the teacher is outside the module tree: initialised once above
     model.train()
     # mmcv's CPU deformable conv refuses a map smaller than its kernel: at 64x64 the stride-32
     # level of a DCN backbone is 2x2, so those configs take 128x128 images
@@ -120,7 +133,8 @@ def missing_gradients(model_cfg) -> list:
 
 
 def test_every_trainable_parameter_of_every_shipped_config_gets_a_gradient(monkeypatch):
-    monkeypatch.setattr('kd_det.models.feature_distill_detector.build_teacher', random_teacher)
+    monkeypatch.setattr('kd_det.models.feature_distill_detector.build_teacher',
+                        random_teachers())
     configs = distill_configs()
     names = {osp.relpath(path, osp.join(REPO, 'configs')) for path, _ in configs}
     # every folder of distillation configs is in: the COCO ones and the CPU-sized ones
