@@ -140,15 +140,11 @@ def run_tool(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def save_random_teacher(path: str, config: str = DEMO_TEACHER, seed: int = 0) -> str:
-    """Build ``config``'s model with seeded random weights and save it as a checkpoint."""
-    import torch
-    from mmdet.registry import MODELS
-
+    """Save ``config``'s model with seeded random weights, initialised as training starts
+    (no Pretrained downloads), as a checkpoint."""
+    from kd_det.analysis.random_weights import save_random_detector
     from kd_det.models import load_config
-    torch.manual_seed(seed)
-    model = MODELS.build(load_config(config).model)
-    torch.save({'state_dict': model.state_dict()}, path)
-    return path
+    return save_random_detector(load_config(config).model, path, seed)
 
 
 def synthetic_batch(num: int = 2, size: int = 64, shift: float = 0.0):

@@ -13,7 +13,6 @@ image and returns these maps per level, cropped to the image (no padding) and up
 resized image the model sees; :func:`plot_similarity` draws them.
 """
 import copy
-import logging
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from mmcv.transforms import Compose
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmdet.registry import MODELS
 from torch import Tensor, nn
@@ -33,6 +31,7 @@ from ..checkpoint import CheckpointError, load_fitting_weights, read_state_dict
 from ..losses.ssim import SSIMLoss, minmax_normalize
 from ..losses.ssim import ssim_map as channel_ssim_map
 from ..models.distill_sources import StudentTaps
+from .random_weights import quiet_init_weights
 
 DISTILL_TYPE = 'FeatureDistillDetector'
 #: the prefixes of a distillation checkpoint's keys that the maps need
@@ -182,13 +181,7 @@ def build_distill_model(cfg: Config, checkpoint: Optional[str] = None,
     model = MODELS.build(cfg.model)
     if checkpoint is None:
         torch.manual_seed(seed)
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel(logging.WARNING)  # init_weights logs every parameter
-        try:
-            model.init_weights()
-        finally:
-            logger.setLevel(level)
+        quiet_init_weights(model)
     else:
         load_distill_checkpoint(model, checkpoint)
     return model.to(device).eval()

@@ -82,23 +82,26 @@ class Run:
             state = json.load(f)
         return state if state.get('key') == self.key else None
 
-    def command(self) -> List[str]:
-        """The command line of the next attempt: ``argv``, plus for a training run a
-        checkpoint every epoch and ``--resume`` after an interrupted attempt."""
+    def command(self, resume: bool = False) -> List[str]:
+        """The command line of an attempt: ``argv``, plus for a training run a checkpoint
+        every epoch and, with ``resume`` (after an interrupted attempt), ``--resume``."""
         if not self.training:
             return list(self.argv)
         if '--cfg-options' not in self.argv:
             raise ValueError(f'{self.name}: a training run\'s argv must end with its '
                              f'--cfg-options, got {self.argv}')
-        resume = ['--resume'] if self._earlier_attempt() else []
-        return [*self.argv, 'default_hooks.checkpoint.interval=1', *resume]
+        resume_option = ['--resume'] if resume else []
+        return [*self.argv, 'default_hooks.checkpoint.interval=1', *resume_option]
 
     def start(self, threads: int) -> subprocess.Popen:
+        """Start the next attempt (resuming an interrupted one's checkpoint) and say so."""
         os.makedirs(self.work_dir, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-        command = self.command()
         earlier = self._earlier_attempt()
+        command = self.command(resume=earlier is not None)
+        print(f'[{self.name}] starting{" (resuming its last checkpoint)" if earlier else ""}: '
+              f'python {" ".join(self.argv[:2])} ...', flush=True)
         self.state = dict(key=self.key, seconds=earlier['seconds'] if earlier else 0.0,
                           attempts=(earlier['attempts'] if earlier else 0) + 1)
         self._save_state(0.0)
@@ -176,9 +179,6 @@ def run_all(runs: List[Run], jobs: Optional[int] = None) -> None:
             if run.result is not None:
                 print(f'[{run.name}] reusing finished run in {run.work_dir}')
                 continue
-            resumed = ' (resuming its last checkpoint)' if run._earlier_attempt() else ''
-            print(f'[{run.name}] starting{resumed}: python {" ".join(run.argv[:2])} ...',
-                  flush=True)
             run.start(threads)
             active.append(run)
         time.sleep(1)

@@ -44,6 +44,7 @@ from mmengine.config import Config, ConfigDict
 from mmdet.registry import MODELS
 
 from testing_utils import REPO, synthetic_batch
+from kd_det.analysis.random_weights import without_pretrained
 from kd_det.models.teacher import teacher_model_cfg
 
 pytestmark = pytest.mark.slow
@@ -72,12 +73,12 @@ def distill_configs():
 def _shrunk(cfg):
     """``cfg`` with SyncBN as BN, no Pretrained init_cfg, 64 sampled RoIs per image, 50 DINO
     queries (see the module docstring)."""
+    return _small(without_pretrained(cfg))
+
+
+def _small(cfg):
     if isinstance(cfg, dict):
-        out = {k: _shrunk(v) for k, v in cfg.items()}
-        if isinstance(out.get('init_cfg'), (dict, list)):
-            inits = [i for i in (out['init_cfg'] if isinstance(out['init_cfg'], list)
-                                 else [out['init_cfg']]) if i.get('type') != 'Pretrained']
-            out['init_cfg'] = inits or None
+        out = {k: _small(v) for k, v in cfg.items()}
         if out.get('type') == 'SyncBN':
             out['type'] = 'BN'
         if 'num_queries' in out and out.get('type') in ('DINO', 'DeformableDETR'):
@@ -91,7 +92,7 @@ def _shrunk(cfg):
                     stage['sampler']['num'] = 64
         return out
     if isinstance(cfg, (list, tuple)):
-        return type(cfg)(_shrunk(v) for v in cfg)
+        return type(cfg)(_small(v) for v in cfg)
     return cfg
 
 

@@ -60,6 +60,7 @@ from mmengine.structures import InstanceData
 from torch import nn
 
 import kd_det  # noqa: F401  (registers kd_det's modules)
+from kd_det.analysis.random_weights import save_random_detector
 from kd_det.analysis.steps import PHASES, Batch, PhaseSteps, device_name
 from kd_det.models.teacher import teacher_model_cfg
 
@@ -94,11 +95,9 @@ def resolve_config(config: str) -> str:
 
 
 def save_random_teacher(model_cfg: Config, directory: str) -> str:
-    """Build the teacher with random weights, save its checkpoint, return the path."""
-    teacher = MODELS.build(teacher_model_cfg(model_cfg.teacher_config))
-    path = osp.join(directory, 'random_teacher.pth')
-    torch.save({'state_dict': teacher.state_dict()}, path)
-    return path
+    """Save the teacher with random weights, initialised as training starts; its path."""
+    return save_random_detector(teacher_model_cfg(model_cfg.teacher_config),
+                                osp.join(directory, 'random_teacher.pth'))
 
 
 def _num_classes(cfg) -> int:
