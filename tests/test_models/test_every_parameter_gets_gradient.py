@@ -44,7 +44,7 @@ from mmengine.config import Config, ConfigDict
 from mmdet.registry import MODELS
 
 from testing_utils import REPO, synthetic_batch
-from kd_det.analysis.random_weights import without_pretrained
+from kd_det.analysis.random_weights import random_detector, without_pretrained
 from kd_det.models.teacher import teacher_model_cfg
 
 pytestmark = pytest.mark.slow
@@ -104,8 +104,7 @@ def random_teachers():
     def random_teacher(model_cfg, checkpoint, strict=True):
         key = json.dumps(dict(model_cfg), sort_keys=True, default=str)
         if key not in teachers:
-            teacher = MODELS.build(ConfigDict(_shrunk(copy.deepcopy(dict(model_cfg)))))
-            teacher.init_weights()
+            teacher = random_detector(_shrunk(copy.deepcopy(dict(model_cfg))))
             teachers[key] = teacher.requires_grad_(False).eval()
         return teachers[key]
     return random_teacher
