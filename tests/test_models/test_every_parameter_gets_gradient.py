@@ -33,7 +33,6 @@ Full-size backbones are kept (R-50/R-101, X-101, Swin, CSPNeXt): at 64x64 their 
 and backward are cheap; building the biggest teachers (Swin-L, X-101-64x4d) is most of
 this test's time.
 """
-import copy
 import glob
 import json
 import os.path as osp
@@ -104,7 +103,7 @@ def random_teachers():
     def random_teacher(model_cfg, checkpoint, strict=True):
         key = json.dumps(dict(model_cfg), sort_keys=True, default=str)
         if key not in teachers:
-            teacher = random_detector(_shrunk(copy.deepcopy(dict(model_cfg))))
+            teacher = random_detector(_shrunk(dict(model_cfg)))
             teachers[key] = teacher.requires_grad_(False).eval()
         return teachers[key]
     return random_teacher
